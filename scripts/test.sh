@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The project's test command: sets up the environment (scripts/setup_env.sh), then runs the whole pytest suite.
+set -euo pipefail
+
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
+  cat <<'USAGE'
+usage: bash scripts/test.sh [--fresh] [PYTEST_ARGS...]
+
+Creates/updates .venv (scripts/setup_env.sh) and runs `pytest tests` in it.
+  --fresh        rebuild the virtual environment from nothing first (what CI does)
+  PYTEST_ARGS    passed to pytest, e.g. -k admin or -x
+Real-data tests read ../shared/data when it exists and are skipped when it does not.
+USAGE
+  exit 0
+fi
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+setup_args=()
+if [ "${1:-}" = "--fresh" ]; then setup_args+=(--fresh); shift; fi
+bash "$root/scripts/setup_env.sh" "${setup_args[@]}"
+venv=${FAIRSEQ_ADMIN_VENV:-$root/.venv}
+cd "$root"
+echo "[test] running pytest in $venv"
+# fairseq's console scripts (fairseq-train, ...) live in the venv's bin/
+export PATH="$venv/bin:$PATH"
+exec "$venv/bin/python" -m pytest tests "$@"
