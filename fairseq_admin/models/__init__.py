@@ -1,0 +1,3 @@
+from .residual_transformer import ResidualTransformerModel
+
+__all__ = ["ResidualTransformerModel"]

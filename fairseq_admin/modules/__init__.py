@@ -1,0 +1,3 @@
+from .layers import SchemeDecoderLayer, SchemeEncoderLayer
+
+__all__ = ["SchemeEncoderLayer", "SchemeDecoderLayer"]

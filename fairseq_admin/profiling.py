@@ -1,0 +1,169 @@
+"""Admin's profiling: ω from the model's own variances on one real training batch (Liu et al. 2020, §4.2).
+
+Transformer-Clinic's ``--init-type adaptive-profiling`` runs one forward pass in train mode with ω = 1 and walks the
+residual sublayers of each stack in order, keeping one running value per stack (encoder and decoder separately):
+
+    ω_1 = 1,    ω_{i+1} = sqrt( Var(x_i · ω_i) + Var(f_i(x_i)) )
+
+Each ω_i is set in the sublayer just before it is used, so the pass propagates the profiled model. Each Var is one
+scalar over the whole tensor, f_i's output taken after dropout. We measure real tokens only (the official code also
+counts padding; METHODS.md calls restricting to real tokens the cleaner reading), and in distributed training the
+moments (count, sum, sum of squares) are summed over all workers before each step of the recurrence, so every worker
+computes the same ω from the pooled batch.
+
+The profile file is Transformer-Clinic's ``profile.ratio.init``: one ``"{index} {omega}"`` line per sublayer, the
+2N encoder lines first (indices 1..2N), then the 3M decoder lines (indices 1..3M).
+"""
+import logging
+import math
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+
+def _moments(x: Tensor, mask: Optional[Tensor]) -> List[Tensor]:
+    """[count, sum, sum of squares] of the entries of ``x`` (real tokens only when ``mask`` is given), in float64."""
+    x = x.detach().to(torch.float64)
+    if mask is not None:
+        x = x[mask]
+    return [torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device), x.sum(), (x * x).sum()]
+
+
+def _variance(count: Tensor, total: Tensor, total_sq: Tensor) -> float:
+    """Population variance (numpy's np.var, ddof=0) from pooled moments."""
+    mean = total / count
+    return float(total_sq / count - mean * mean)
+
+
+def _all_reduce_sum(stats: Tensor) -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(stats, op=torch.distributed.ReduceOp.SUM)
+
+
+class OmegaProfiler:
+    """The running recurrence for one stack; each Admin layer calls :meth:`observe` from its residual connection."""
+
+    def __init__(self):
+        self.next_omega = 1.0  # ω_1 = 1
+        self.values: List[float] = []
+
+    def observe(self, scheme, sublayer: int, branch: Tensor, shortcut: Tensor) -> None:
+        omega = self.next_omega
+        scheme.set_omega(sublayer, omega)  # used by this very forward pass, as in the official code
+        self.values.append(omega)
+        mask = scheme.token_mask(branch)
+        stats = torch.stack(_moments(shortcut * omega, mask) + _moments(branch, mask))
+        _all_reduce_sum(stats)
+        self.next_omega = math.sqrt(_variance(*stats[:3]) + _variance(*stats[3:]))
+
+
+def unwrap_model(model):
+    """The fairseq model inside DistributedDataParallel / fairseq's wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def profile_model(model, sample) -> Tuple[List[float], List[float]]:
+    """Profile and set every ω of an Admin model from one batch; returns the (encoder, decoder) ω lists.
+
+    One forward pass in train mode (dropout on, as during training) without gradients: the official code also ran a
+    backward pass, whose gradients it never used.
+    """
+    model = unwrap_model(model)
+    profilers = {stack: OmegaProfiler() for stack in ("encoder", "decoder")}
+    schemes = {stack: model.scheme_layers(stack) for stack in profilers}
+    was_training = model.training
+    model.train()
+    model.profiling = True
+    try:
+        for stack, layers in schemes.items():
+            for scheme in layers:
+                scheme.profiler = profilers[stack]
+        with torch.no_grad():
+            model(**sample["net_input"])
+    finally:
+        model.profiling = False
+        model.train(was_training)
+        for layers in schemes.values():
+            for scheme in layers:
+                scheme.profiler = None
+    values = profilers["encoder"].values, profilers["decoder"].values
+    for stack, got in zip(profilers, values):
+        expected = sum(len(s.sublayers) for s in schemes[stack])
+        if len(got) != expected:
+            raise RuntimeError(f"profiling visited {len(got)} of the {expected} {stack} sublayers: the batch did not "
+                               f"run through every sublayer")
+    model.omega_ready.fill_(True)
+    return values
+
+
+def apply_profile(model, encoder_values: Sequence[float], decoder_values: Sequence[float]) -> None:
+    """Set every ω of an Admin model from per-sublayer values (walk order), and mark ω as initialized."""
+    model = unwrap_model(model)
+    for stack, values in (("encoder", encoder_values), ("decoder", decoder_values)):
+        layers = model.scheme_layers(stack)
+        expected = sum(len(s.sublayers) for s in layers)
+        if len(values) != expected:
+            raise ValueError(f"{stack}: expected {expected} ω values, found {len(values)}")
+        it = iter(values)
+        for scheme in layers:
+            for sublayer in range(len(scheme.sublayers)):
+                scheme.set_omega(sublayer, next(it))
+    if hasattr(model, "omega_ready"):
+        model.omega_ready.fill_(True)
+
+
+def profile_sizes(model) -> Tuple[int, int]:
+    """(2N, 3M): the number of encoder and decoder residual sublayers, i.e. the profile's line counts."""
+    model = unwrap_model(model)
+    return tuple(sum(len(s.sublayers) for s in model.scheme_layers(stack)) for stack in ("encoder", "decoder"))
+
+
+def write_profile(path: str, encoder_values: Sequence[float], decoder_values: Sequence[float]) -> None:
+    """Write Transformer-Clinic's ``profile.ratio.init`` (repr() keeps every float bit, so it reads back exactly)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        for values in (encoder_values, decoder_values):
+            for index, value in enumerate(values, start=1):
+                f.write(f"{index} {float(value)!r}\n")
+    os.replace(tmp, path)  # never leave a half-written profile behind
+
+
+def read_profile(path: str, num_encoder: int, num_decoder: int) -> Tuple[List[float], List[float]]:
+    """Read and validate a ``profile.ratio.init`` for a model with ``num_encoder`` (2N) and ``num_decoder`` (3M)
+    residual sublayers. Every problem is a ValueError that says what was expected and what was found."""
+    if not os.path.isfile(path):
+        raise ValueError(f"admin profile {path!r} does not exist")
+    with open(path) as f:
+        lines = [line for line in f.read().splitlines() if line.strip()]
+    expected = num_encoder + num_decoder
+    if len(lines) != expected:
+        raise ValueError(
+            f"admin profile {path!r} has {len(lines)} lines, but this model needs {expected}: {num_encoder} encoder "
+            f"sublayers (2 x {num_encoder // 2} layers) then {num_decoder} decoder sublayers "
+            f"(3 x {num_decoder // 3} layers). Was it made for another depth?")
+    values = []
+    for lineno, line in enumerate(lines, start=1):
+        want_index = lineno if lineno <= num_encoder else lineno - num_encoder
+        stack = "encoder" if lineno <= num_encoder else "decoder"
+        fields = line.split()
+        try:
+            index, value = float(fields[0]), float(fields[1])
+            if len(fields) != 2:
+                raise ValueError
+        except (ValueError, IndexError):
+            raise ValueError(f"admin profile {path!r} line {lineno}: expected '<index> <omega>', found {line!r}")
+        if index != want_index:
+            raise ValueError(f"admin profile {path!r} line {lineno}: expected {stack} sublayer index {want_index}, "
+                             f"found {fields[0]} (was it made for another depth?)")
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"admin profile {path!r} line {lineno}: ω must be finite and positive, found {fields[1]}")
+        values.append(value)
+    return values[:num_encoder], values[num_encoder:]

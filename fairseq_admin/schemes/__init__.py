@@ -1,0 +1,21 @@
+"""The registry of residual schemes: ``--residual-scheme NAME`` picks ``SCHEMES[NAME]``.
+
+Adding a scheme: write one module with a :class:`ResidualScheme` subclass and add it to the tuple below; the model
+then registers its ``<name>_transformer*`` architectures and its options by itself.
+"""
+from .admin import Admin
+from .b2t import B2T
+from .base import ResidualScheme
+from .postln import PostLN
+from .preln import PreLN
+
+SCHEMES = {scheme.name: scheme for scheme in (PostLN, PreLN, Admin, B2T)}
+
+
+def get_scheme(name: str) -> type:
+    if name not in SCHEMES:
+        raise ValueError(f"unknown --residual-scheme {name!r}; choose one of {', '.join(SCHEMES)}")
+    return SCHEMES[name]
+
+
+__all__ = ["SCHEMES", "ResidualScheme", "get_scheme"]

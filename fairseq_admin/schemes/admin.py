@@ -1,0 +1,94 @@
+"""Admin (Liu et al., EMNLP 2020, "Understanding the Difficulty of Training Transformers").
+
+Post-LN with a rescaled shortcut (their Eq. 7):
+
+    x_{i+1} = LN(x_i · ω_i + f_i(x_i))
+
+ω_i is a learnable per-dimension vector (the official ``--init-type adaptive``) or, as an option, a fixed scalar
+buffer. Its initial value comes from one of:
+
+* ``profile`` (default): Admin's profiling on a real training batch, done by the ``admin_translation`` task at the
+  first training step (see ``fairseq_admin/profiling.py``): ω_1 = 1, ω_{i+1} = sqrt(Var(x_i·ω_i) + Var(f_i(x_i))).
+* a closed form from admin-torch's ``calculate_init(n, output_change_scale)``, n = residual sublayers in the stack
+  (2N for an N-layer encoder, 3M for an M-layer decoder):
+      O(logn):  ω = sqrt((n + 1) / ln(n + 1) − 1)    (admin-torch's default)
+      O(1):     ω = sqrt(n)
+      O(n):     ω = 1                                  (plain Post-LN)
+"""
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .base import ResidualScheme
+
+CLOSED_FORMS = {
+    "O(logn)": lambda n: math.sqrt((n + 1) / math.log(n + 1) - 1),
+    "O(1)": lambda n: math.sqrt(n),
+    "O(n)": lambda n: 1.0,
+}
+INIT_CHOICES = ("profile",) + tuple(CLOSED_FORMS)
+
+
+def closed_form_omega(num_residual_sublayers: int, output_change: str) -> float:
+    """admin-torch's ``calculate_init``: ω for a stack of ``num_residual_sublayers`` residual sublayers."""
+    if output_change not in CLOSED_FORMS:
+        raise ValueError(f"unknown --admin-init {output_change!r}; choose one of {', '.join(INIT_CHOICES)}")
+    return CLOSED_FORMS[output_change](num_residual_sublayers)
+
+
+class Admin(ResidualScheme):
+    """x_{i+1} = LN(x_i · ω_i + f_i(x_i)), ω_i profiled (or closed form) before training."""
+
+    name = "admin"
+    paper = "Liu et al. 2020"
+    formula = "x_{i+1} = LN(x_i * omega_i + f_i(x_i))"
+
+    def __init__(self, cfg, sublayers, num_layers, embed_dim):
+        super().__init__(cfg, sublayers, num_layers, embed_dim)
+        init = getattr(cfg, "admin_init", "profile")
+        value = 1.0 if init == "profile" else closed_form_omega(len(sublayers) * num_layers, init)
+        if getattr(cfg, "admin_omega", "vector") == "vector":
+            self.omega = nn.Parameter(torch.full((len(sublayers), embed_dim), value))
+        else:
+            self.register_buffer("omega", torch.full((len(sublayers),), value))
+        self.profiler = None  # set by fairseq_admin.profiling while a profiling forward runs
+
+    @staticmethod
+    def add_args(parser):
+        parser.add_argument("--admin-init", choices=INIT_CHOICES,
+                            help="admin: how ω is initialized. 'profile' (default): Admin's profiling on the first "
+                                 "training batch, omega_{i+1} = sqrt(Var(x_i*omega_i) + Var(f_i(x_i))) (needs "
+                                 "--task admin_translation). Closed forms (admin-torch), n = residual sublayers of "
+                                 "the stack (2N encoder, 3M decoder): 'O(logn)': sqrt((n+1)/ln(n+1) - 1); "
+                                 "'O(1)': sqrt(n); 'O(n)': 1")
+        parser.add_argument("--admin-omega", choices=("vector", "scalar"),
+                            help="admin: ω as a learnable per-dimension vector (default, the paper's) or a fixed "
+                                 "scalar buffer per sublayer")
+
+    @classmethod
+    def check_args(cls, args):
+        if getattr(args, "encoder_normalize_before", False) or getattr(args, "decoder_normalize_before", False):
+            raise ValueError("admin is defined for Post-LN only (Liu et al. 2020): remove "
+                             "--encoder-normalize-before/--decoder-normalize-before, or use --residual-scheme preln")
+        init = getattr(args, "admin_init", "profile")
+        if init not in INIT_CHOICES:
+            raise ValueError(f"unknown --admin-init {init!r}; choose one of {', '.join(INIT_CHOICES)}")
+        if getattr(args, "admin_omega", "vector") not in ("vector", "scalar"):
+            raise ValueError(f"unknown --admin-omega {args.admin_omega!r}; choose 'vector' or 'scalar'")
+        if init == "profile" and (getattr(args, "encoder_layerdrop", 0) or getattr(args, "decoder_layerdrop", 0)):
+            raise ValueError("--admin-init profile walks every sublayer in order; it cannot run with "
+                             "--encoder-layerdrop/--decoder-layerdrop. Use a closed form (--admin-init O(logn)).")
+
+    @classmethod
+    def requires_profiling(cls, args) -> bool:
+        return getattr(args, "admin_init", "profile") == "profile"
+
+    def combine(self, sublayer: int, branch: Tensor, shortcut: Tensor) -> Tensor:
+        if self.profiler is not None:
+            self.profiler.observe(self, sublayer, branch, shortcut)
+        return shortcut * self.omega[sublayer] + branch
+
+    def set_omega(self, sublayer: int, value: float) -> None:
+        with torch.no_grad():
+            self.omega[sublayer].fill_(value)

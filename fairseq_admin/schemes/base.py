@@ -1,0 +1,87 @@
+"""The seam every stabilization scheme plugs into.
+
+fairseq's Transformer layers call ``residual_connection(x, residual)`` once per sublayer, right before the Post-LN
+LayerNorm (or, with ``normalize_before``, as the whole residual step). A scheme decides what that call returns:
+
+    Post-LN (Vaswani et al. 2017):  x_{i+1} = LN(x_i + f_i(x_i))
+
+Subclasses override :meth:`combine` (the math), :meth:`init_layer` (initialization changes) and, when they have
+options, :meth:`add_args` / :meth:`check_args`. Nothing else of fairseq's layer is forked.
+"""
+from typing import ClassVar, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+class ResidualScheme(nn.Module):
+    """How one Transformer layer joins each sublayer's branch ``f(x)`` to its shortcut ``x``.
+
+    One instance lives in every layer (``layer.residual``). ``sublayers`` names the layer's residual sublayers in
+    order: ``("self_attn", "ffn")`` in the encoder, ``("self_attn", "cross_attn", "ffn")`` in the decoder.
+    """
+
+    name: ClassVar[str] = "postln"
+    paper: ClassVar[str] = "Vaswani et al. 2017 (fairseq's default)"
+    formula: ClassVar[str] = "x_{i+1} = LN(x_i + f_i(x_i))"
+    #: Pre-LN puts the LayerNorm inside the branch; fairseq builds that (and the final LN) from this flag.
+    normalize_before: ClassVar[bool] = False
+
+    def __init__(self, cfg, sublayers: Sequence[str], num_layers: int, embed_dim: int):
+        super().__init__()
+        self.sublayers = tuple(sublayers)
+        self.num_layers = num_layers
+        self.embed_dim = embed_dim
+        # Per-forward state, set by begin(): the layer's input, its real-token mask and which sublayer comes next.
+        self._active: Sequence[int] = ()
+        self._next = 0
+        self.layer_input: Optional[Tensor] = None
+        self.padding_mask: Optional[Tensor] = None
+
+    # ---- options -------------------------------------------------------------------------------------------------
+    @staticmethod
+    def add_args(parser) -> None:
+        """Add this scheme's command-line options (called once for every registered scheme)."""
+
+    @classmethod
+    def check_args(cls, args) -> None:
+        """Raise ValueError at start-up for option combinations this scheme cannot honour."""
+
+    @classmethod
+    def requires_profiling(cls, args) -> bool:
+        """True when the model must be profiled on a training batch before its first update (Admin)."""
+        return False
+
+    # ---- the math ------------------------------------------------------------------------------------------------
+    def combine(self, sublayer: int, branch: Tensor, shortcut: Tensor) -> Tensor:
+        """Return what the sublayer's LayerNorm receives (Post-LN) or the sublayer's output (Pre-LN)."""
+        return shortcut + branch
+
+    def init_layer(self, layer: nn.Module) -> None:
+        """Change the freshly built layer's initialization (default: fairseq's own)."""
+
+    # ---- bookkeeping used by the layers --------------------------------------------------------------------------
+    def begin(self, layer_input: Tensor, padding_mask: Optional[Tensor], skip: Sequence[str] = ()) -> None:
+        """Called at the start of the layer's forward. ``padding_mask`` is (batch, time), True at padding."""
+        self._active = [i for i, s in enumerate(self.sublayers) if s not in skip]
+        self._next = 0
+        self.layer_input = layer_input
+        self.padding_mask = padding_mask
+
+    def connect(self, branch: Tensor, shortcut: Tensor) -> Tensor:
+        """The layer's ``residual_connection``: routes the call to :meth:`combine` with the sublayer's index."""
+        index = self._active[self._next]
+        self._next += 1
+        out = self.combine(index, branch, shortcut)
+        if self._next == len(self._active):  # last sublayer: drop references to this forward's tensors
+            self.layer_input = self.padding_mask = None
+        return out
+
+    def token_mask(self, like: Tensor) -> Optional[Tensor]:
+        """(time, batch, 1) boolean mask of real tokens for a (time, batch, dim) tensor, or None if no padding."""
+        if self.padding_mask is None:
+            return None
+        return (~self.padding_mask.to(torch.bool)).transpose(0, 1).unsqueeze(-1).expand_as(like)
+
+    def extra_repr(self) -> str:
+        return f"{self.name}, sublayers={self.sublayers}, num_layers={self.num_layers}"

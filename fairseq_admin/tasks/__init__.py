@@ -1,0 +1,3 @@
+from .admin_translation import AdminTranslationTask
+
+__all__ = ["AdminTranslationTask"]

@@ -1,0 +1,136 @@
+"""Independent float64 references, written from the formulas in ../shared/docs/METHODS.md (not from our code).
+
+Only the weights are read from the fairseq modules; every operation (LayerNorm, multi-head attention, FFN, the
+residual schemes, Admin's profiling recurrence) is re-derived here with plain tensor arithmetic.
+"""
+import math
+
+import numpy as np
+import torch
+
+EPS = 1e-5  # fairseq's LayerNorm epsilon
+
+
+def layer_norm(x, ln):
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + EPS) * ln.weight.double() + ln.bias.double()
+
+
+def linear(x, lin):
+    return x @ lin.weight.double().T + lin.bias.double()
+
+
+def attention(query, key_value, mha, key_padding_mask=None, causal=False):
+    """Scaled dot-product multi-head attention: softmax(q k^T / sqrt(d_h)) v, then the output projection."""
+    T, B, C = query.shape
+    S = key_value.shape[0]
+    H = mha.num_heads
+    d = C // H
+    q = linear(query, mha.q_proj) / math.sqrt(d)
+    k = linear(key_value, mha.k_proj)
+    v = linear(key_value, mha.v_proj)
+    q = q.reshape(T, B, H, d).permute(1, 2, 0, 3)  # B H T d
+    k = k.reshape(S, B, H, d).permute(1, 2, 0, 3)
+    v = v.reshape(S, B, H, d).permute(1, 2, 0, 3)
+    scores = q @ k.transpose(-1, -2)  # B H T S
+    if key_padding_mask is not None:
+        scores = scores.masked_fill(key_padding_mask[:, None, None, :].bool(), float("-inf"))
+    if causal:
+        future = torch.triu(torch.ones(T, S, dtype=torch.bool), diagonal=1 + S - T)
+        scores = scores.masked_fill(future, float("-inf"))
+    out = torch.softmax(scores, dim=-1) @ v  # B H T d
+    out = out.permute(2, 0, 1, 3).reshape(T, B, C)
+    return linear(out, mha.out_proj)
+
+
+def ffn(x, layer):
+    return linear(torch.relu(linear(x, layer.fc1)), layer.fc2)
+
+
+def omega_of(layer, sublayer):
+    """ω of a sublayer as stored (a size-d vector, or a scalar buffer entry)."""
+    return layer.residual.omega[sublayer].double()
+
+
+def encoder_layer(scheme, layer, x, pad=None):
+    """One encoder layer of ``scheme``; ``pad`` is (batch, time), True at padding."""
+    ln1, ln2 = layer.self_attn_layer_norm, layer.final_layer_norm
+    sa = lambda h: attention(h, h, layer.self_attn, pad)
+    if scheme == "preln":
+        h = x + sa(layer_norm(x, ln1))
+        return h + ffn(layer_norm(h, ln2), layer)
+    if scheme == "admin":
+        h = layer_norm(x * omega_of(layer, 0) + sa(x), ln1)  # LN(x·ω + f(x))
+        return layer_norm(h * omega_of(layer, 1) + ffn(h, layer), ln2)
+    h = layer_norm(x + sa(x), ln1)
+    if scheme == "postln":
+        return layer_norm(h + ffn(h, layer), ln2)
+    if scheme == "b2t":  # out = LN(x + h + FFN(h))
+        return layer_norm(x + h + ffn(h, layer), ln2)
+    raise ValueError(scheme)
+
+
+def decoder_layer(scheme, layer, x, enc, enc_pad=None, self_pad=None):
+    ln1, ln2, ln3 = layer.self_attn_layer_norm, layer.encoder_attn_layer_norm, layer.final_layer_norm
+    sa = lambda h: attention(h, h, layer.self_attn, self_pad, causal=True)
+    ca = lambda h: attention(h, enc, layer.encoder_attn, enc_pad)
+    if scheme == "preln":
+        h1 = x + sa(layer_norm(x, ln1))
+        h2 = h1 + ca(layer_norm(h1, ln2))
+        return h2 + ffn(layer_norm(h2, ln3), layer)
+    if scheme == "admin":
+        h1 = layer_norm(x * omega_of(layer, 0) + sa(x), ln1)
+        h2 = layer_norm(h1 * omega_of(layer, 1) + ca(h1), ln2)
+        return layer_norm(h2 * omega_of(layer, 2) + ffn(h2, layer), ln3)
+    h1 = layer_norm(x + sa(x), ln1)
+    h2 = layer_norm(h1 + ca(h1), ln2)
+    if scheme == "postln":
+        return layer_norm(h2 + ffn(h2, layer), ln3)
+    if scheme == "b2t":  # out = LN(x + h2 + FFN(h2)): the connection skips both attention sublayers and their LNs
+        return layer_norm(x + h2 + ffn(h2, layer), ln3)
+    raise ValueError(scheme)
+
+
+def pooled_var(tensors, pads):
+    """np.var (ddof=0) over every entry of the real (non-padding) positions of (time, batch, dim) tensors, pooled
+    over all of them (one tensor per distributed worker)."""
+    chunks = []
+    for t, pad in zip(tensors, pads):
+        a = t.detach().double().numpy()
+        chunks.append(a[~pad.numpy().T] if pad is not None else a.reshape(-1, a.shape[-1]))
+    return float(np.var(np.concatenate(chunks)))
+
+
+def _profile_walk(sublayers, xs, pads):
+    """Admin's profiling pass over one stack, each ω_i used as soon as it is known (as the official code does):
+    ω_1 = 1, x_{i+1} = LN(x_i ω_i + f_i(x_i)), ω_{i+1} = sqrt(Var(x_i ω_i) + Var(f_i(x_i))).
+    ``sublayers``: [(f(x, worker), ln)] bottom to top; ``xs``: the stack input of each worker."""
+    omegas, omega = [], 1.0
+    for f_fn, ln in sublayers:
+        fs = [f_fn(x, w) for w, x in enumerate(xs)]
+        omegas.append(omega)
+        next_omega = math.sqrt(pooled_var([x * omega for x in xs], pads) + pooled_var(fs, pads))
+        xs = [layer_norm(x * omega + f, ln) for x, f in zip(xs, fs)]
+        omega = next_omega
+    return omegas, xs
+
+
+def admin_profile_reference(encoder_layers, decoder_layers, batches):
+    """Reference ω of both stacks. ``batches``: one dict per worker with ``enc_x``, ``enc_pad``, ``dec_x``,
+    ``dec_pad`` (layer inputs after the embeddings); the encoder walk comes first, its outputs feed the decoder."""
+    enc_pads = [b["enc_pad"] for b in batches]
+    dec_pads = [b["dec_pad"] for b in batches]
+    enc_sublayers = []
+    for l in encoder_layers:
+        enc_sublayers += [(lambda h, w, l=l: attention(h, h, l.self_attn, enc_pads[w]), l.self_attn_layer_norm),
+                          (lambda h, w, l=l: ffn(h, l), l.final_layer_norm)]
+    enc_omegas, enc_outs = _profile_walk(enc_sublayers, [b["enc_x"] for b in batches], enc_pads)
+    dec_sublayers = []
+    for l in decoder_layers:
+        dec_sublayers += [
+            (lambda h, w, l=l: attention(h, h, l.self_attn, dec_pads[w], causal=True), l.self_attn_layer_norm),
+            (lambda h, w, l=l: attention(h, enc_outs[w], l.encoder_attn, enc_pads[w]), l.encoder_attn_layer_norm),
+            (lambda h, w, l=l: ffn(h, l), l.final_layer_norm)]
+    dec_omegas, _ = _profile_walk(dec_sublayers, [b["dec_x"] for b in batches], dec_pads)
+    return enc_omegas, dec_omegas
