@@ -4,10 +4,6 @@
 and its ``<scheme>_transformer*`` architectures, the ``admin_translation`` task, and the allow-list that lets
 torch's safe loader (``weights_only=True``) read fairseq checkpoints.
 """
-from . import models, tasks  # noqa: F401  (registration side effects)
+from . import checkpoint_safety, models, tasks  # noqa: F401  (registration side effects)
 
-try:  # TEMPORARY until checkpoint_safety lands
-    from . import checkpoint_safety
-    checkpoint_safety.install()
-except ImportError:
-    pass
+checkpoint_safety.install()

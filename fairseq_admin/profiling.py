@@ -39,8 +39,20 @@ def _variance(count: Tensor, total: Tensor, total_sq: Tensor) -> float:
     return float(total_sq / count - mean * mean)
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def world_size() -> int:
+    return torch.distributed.get_world_size() if _distributed() else 1
+
+
+def rank() -> int:
+    return torch.distributed.get_rank() if _distributed() else 0
+
+
 def _all_reduce_sum(stats: Tensor) -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if _distributed():
         torch.distributed.all_reduce(stats, op=torch.distributed.ReduceOp.SUM)
 
 
@@ -98,8 +110,21 @@ def profile_model(model, sample) -> Tuple[List[float], List[float]]:
         if len(got) != expected:
             raise RuntimeError(f"profiling visited {len(got)} of the {expected} {stack} sublayers: the batch did not "
                                f"run through every sublayer")
+    _check_identical_across_workers(values)
     model.omega_ready.fill_(True)
     return values
+
+
+def _check_identical_across_workers(values: Tuple[List[float], List[float]]) -> None:
+    """Every worker must end with the same ω (they pooled the same moments); one all-gather makes sure of it."""
+    if world_size() == 1:
+        return
+    mine = torch.tensor(values[0] + values[1], dtype=torch.float64)
+    gathered = [torch.empty_like(mine) for _ in range(world_size())]
+    torch.distributed.all_gather(gathered, mine)
+    if not all(torch.equal(mine, other) for other in gathered):
+        raise RuntimeError("admin profiling: the workers computed different ω; every worker must run the same model "
+                           "and take part in the same all-reduce")
 
 
 def apply_profile(model, encoder_values: Sequence[float], decoder_values: Sequence[float]) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from helpers import USER_DIR, VENV_BIN, run_cli
 
-SCHEMES = ["postln", "preln", "admin", "b2t"]
+SCHEMES = ["postln", "preln", "admin", "b2t", "deepnorm"]
 TINY_MODEL = ["--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "32", "--decoder-embed-dim",
               "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads",
               "2", "--decoder-attention-heads", "2"]
@@ -174,3 +174,31 @@ def test_profile_load_sets_omega_from_file(synthetic_data, tmp_path):
 ])
 def test_bad_options_are_refused_at_start_up(synthetic_data, tmp_path, extra, message):
     assert message in _start_up_error(synthetic_data, tmp_path, "admin_transformer", *extra)
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_fairseq_train_distributed_two_cpu_workers(synthetic_data, tmp_path):
+    """fairseq-train's real distributed path, on the CPU: two gloo workers started by hand (fairseq's own launcher
+    assumes CUDA), each with its own batches; profiling pools their statistics and checks both hold the same ω."""
+    init = f"tcp://127.0.0.1:{_free_port()}"
+    procs = []
+    for rank in range(2):
+        args = train_args(synthetic_data, tmp_path, "admin_transformer", "--distributed-world-size", "2",
+                          "--distributed-rank", str(rank), "--distributed-init-method", init,
+                          "--distributed-no-spawn", "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp",
+                          "--device-id", "0", "--admin-profile-save", tmp_path / "profile.ratio.init", max_update=3)
+        cmd = [str(VENV_BIN / args[0]), *map(str, args[1:])]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert "identical on all 2 workers" in logs[0]
+    state = load_checkpoint(tmp_path / "checkpoint_last.pt")
+    assert state["optimizer_history"][-1]["num_updates"] == 3 and bool(state["model"]["omega_ready"])
+    assert (tmp_path / "profile.ratio.init").read_text().count("\n") == 2 * 2 + 3 * 2

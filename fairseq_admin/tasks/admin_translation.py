@@ -12,11 +12,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
-import torch.distributed as dist
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
-from fairseq_admin.profiling import apply_profile, profile_model, profile_sizes, read_profile, unwrap_model, write_profile
+from fairseq_admin.diagnostics import log_stability, loss_scale, record_residuals
+from fairseq_admin.profiling import (apply_profile, profile_model, profile_sizes, rank, read_profile, unwrap_model,
+                                     world_size, write_profile)
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,10 @@ class AdminTranslationConfig(TranslationConfig):
     admin_profile_load: Optional[str] = field(
         default=None, metadata={"help": "initialize ω from a profile.ratio.init file (ours or Transformer-Clinic's) "
                                         "instead of profiling; only used when a run starts from scratch"})
+    log_stability: int = field(
+        default=0, metadata={"help": "every N updates (from the first), log per-layer weight-gradient norms, the "
+                                     "residual dependency beta and ω statistics (stab_* keys; see "
+                                     "fairseq_admin/diagnostics.py); 0 = off"})
 
 
 @register_task("admin_translation", dataclass=AdminTranslationConfig)
@@ -55,12 +60,20 @@ class AdminTranslationTask(TranslationTask):
         core = unwrap_model(model)
         if _needs_profiling(core):
             encoder, decoder = profile_model(core, sample)
-            logger.info("admin: profiled ω on the first batch (%d tokens): encoder %s; decoder %s",
-                        sample["ntokens"], _summary(encoder), _summary(decoder))
-            if self.cfg.admin_profile_save and _rank() == 0:
+            logger.info("admin: profiled ω on the first batch (%d tokens on this worker, identical on all %d "
+                        "workers): encoder %s; decoder %s", sample["ntokens"], world_size(), _summary(encoder),
+                        _summary(decoder))
+            if self.cfg.admin_profile_save and rank() == 0:
                 write_profile(self.cfg.admin_profile_save, encoder, decoder)
                 logger.info(f"admin: profile written to {self.cfg.admin_profile_save}")
-        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        if not (self.cfg.log_stability and update_num % self.cfg.log_stability == 0 and not ignore_grad):
+            return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        with record_residuals(core) as residuals:  # β from this step's forward
+            loss, sample_size, logging_output = super().train_step(
+                sample, model, criterion, optimizer, update_num, ignore_grad)
+        # the grads of this step's backward, per token as the trainer will apply them
+        log_stability(core, residuals, grad_scale=max(sample_size, 1) * loss_scale(optimizer))
+        return loss, sample_size, logging_output
 
 
 def _summary(values):
@@ -70,7 +83,3 @@ def _summary(values):
 def _needs_profiling(model) -> bool:
     """True for an admin model whose ω is still unset; False for every other model."""
     return getattr(model, "needs_profiling", lambda: False)()
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0

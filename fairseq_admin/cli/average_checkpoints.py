@@ -1,0 +1,227 @@
+"""Average the parameters of several fairseq checkpoints (``fairseq-admin-average``).
+
+    fairseq-admin-average --inputs checkpoints/ --num-epoch-checkpoints 10 --output checkpoints/avg_last10.pt
+    fairseq-admin-average --inputs a.pt b.pt c.pt --output avg.pt
+
+Checkpoints are read with torch's weights-only loader and the fairseq_admin allow-list
+(:mod:`fairseq_admin.checkpoint_safety`). Every floating-point tensor of ``model`` is averaged in float64 and cast back
+to its dtype; non-floating tensors must be identical in all inputs. The output keeps the first checkpoint's
+``cfg``/``args`` (and the rest of its state except the optimizer state), so ``fairseq-generate --path`` reads it.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from fairseq_admin import checkpoint_safety
+
+EPOCH_RE = re.compile(r"^checkpoint(\d+)\.pt$")
+UPDATE_RE = re.compile(r"^checkpoint_\d+_(\d+)\.pt$")
+
+
+class AverageError(RuntimeError):
+    """A clear, user-facing error of the averaging tool."""
+
+
+def numbered_checkpoints(directory: str, kind: str) -> List[Tuple[int, str]]:
+    """``(number, path)`` for ``checkpoint<E>.pt`` (kind ``epoch``) or ``checkpoint_<E>_<U>.pt`` (kind ``update``)
+    in ``directory``, sorted by number, ascending."""
+    if kind not in ("epoch", "update"):
+        raise ValueError(f"kind must be 'epoch' or 'update', not {kind!r}")
+    pattern = EPOCH_RE if kind == "epoch" else UPDATE_RE
+    found = []
+    for name in os.listdir(directory):
+        m = pattern.match(name)
+        if m:
+            found.append((int(m.group(1)), os.path.join(directory, name)))
+    return sorted(found)
+
+
+def last_checkpoints(directory: str, num: int, kind: str, upper_bound: Optional[int] = None) -> List[str]:
+    """The last ``num`` epoch/update checkpoints of ``directory`` (numbers <= ``upper_bound`` if given), oldest first.
+    Raises :class:`AverageError` listing what was found when there are fewer."""
+    if not os.path.isdir(directory):
+        raise AverageError(f"not a directory: {directory}")
+    if num < 1:
+        raise AverageError(f"the number of checkpoints to average must be >= 1, got {num}")
+    found = numbered_checkpoints(directory, kind)
+    if upper_bound is not None:
+        found = [(n, p) for n, p in found if n <= upper_bound]
+    if len(found) < num:
+        pattern = "checkpoint<EPOCH>.pt" if kind == "epoch" else "checkpoint_<EPOCH>_<UPDATE>.pt"
+        bound = f" with {kind} <= {upper_bound}" if upper_bound is not None else ""
+        listing = ", ".join(os.path.basename(p) for _, p in found) or "none"
+        raise AverageError(
+            f"asked to average the last {num} {kind} checkpoints ({pattern}) of {directory}{bound}, "
+            f"but found only {len(found)}: {listing}"
+        )
+    return [p for _, p in found[-num:]]
+
+
+def average_states(states: Sequence[Dict], names: Sequence[str]) -> "collections.OrderedDict[str, torch.Tensor]":
+    """Average ``state["model"]`` over ``states`` (``names`` label them in errors)."""
+    if not states:
+        raise AverageError("no checkpoints to average")
+    models = []
+    for state, name in zip(states, names):
+        model = state.get("model")
+        if not isinstance(model, dict):
+            raise AverageError(f"{name} has no 'model' state dict (keys: {sorted(state.keys())})")
+        models.append(model)
+    first, first_name = models[0], names[0]
+    first_keys = list(first.keys())
+    for model, name in zip(models[1:], names[1:]):
+        if list(model.keys()) != first_keys:
+            missing = [k for k in first_keys if k not in model]
+            extra = [k for k in model.keys() if k not in first]
+            if missing:
+                key, where = missing[0], f"is in {first_name} but not in {name}"
+            elif extra:
+                key, where = extra[0], f"is in {name} but not in {first_name}"
+            else:
+                pos = next(i for i, (a, b) in enumerate(zip(first_keys, model.keys())) if a != b)
+                key, where = first_keys[pos], f"is at a different position in {name} than in {first_name}"
+            raise AverageError(
+                f"model keys differ: {key!r} {where} ({len(missing)} missing, {len(extra)} extra); "
+                f"checkpoints of different models cannot be averaged"
+            )
+    averaged = collections.OrderedDict()
+    n = len(models)
+    for key in first_keys:
+        ref = first[key]
+        if not torch.is_tensor(ref):
+            raise AverageError(f"model entry {key!r} of {first_name} is a {type(ref).__name__}, not a tensor")
+        for model, name in zip(models[1:], names[1:]):
+            t = model[key]
+            if not torch.is_tensor(t) or t.shape != ref.shape or t.dtype != ref.dtype:
+                desc = f"{tuple(t.shape)} {t.dtype}" if torch.is_tensor(t) else type(t).__name__
+                raise AverageError(
+                    f"model entry {key!r} differs in shape/dtype: {tuple(ref.shape)} {ref.dtype} in {first_name}, "
+                    f"{desc} in {name}"
+                )
+        if ref.is_floating_point() or ref.is_complex():
+            acc_dtype = torch.complex128 if ref.is_complex() else torch.float64
+            total = torch.zeros(ref.shape, dtype=acc_dtype)
+            for model in models:
+                total += model[key].detach().to("cpu", acc_dtype)
+            averaged[key] = (total / n).to(ref.dtype)
+        else:
+            for model, name in zip(models[1:], names[1:]):
+                if not torch.equal(model[key].cpu(), ref.cpu()):
+                    raise AverageError(
+                        f"non-floating model entry {key!r} ({ref.dtype}) differs between {first_name} and {name}; "
+                        f"integer/bool tensors cannot be averaged"
+                    )
+            averaged[key] = ref.detach().cpu().clone()
+    return averaged
+
+
+def average_checkpoints(paths: Sequence[str]) -> Dict:
+    """Load ``paths`` safely and return the first checkpoint's state with ``model`` replaced by the average."""
+    if not paths:
+        raise AverageError("no input checkpoints")
+    if len(set(map(os.path.realpath, paths))) != len(paths):
+        raise AverageError(f"the same checkpoint is listed twice: {list(paths)}")
+    states = []
+    for path in paths:
+        try:
+            states.append(checkpoint_safety.load_checkpoint(path))
+        except FileNotFoundError as exc:
+            raise AverageError(str(exc)) from None
+        except RuntimeError as exc:  # includes UnsafeCheckpointError
+            raise AverageError(str(exc)) from None
+    new_state = dict(states[0])
+    new_state["model"] = average_states(states, list(paths))
+    # The first checkpoint's optimizer moments do not belong to the averaged weights: drop them.
+    new_state.pop("last_optimizer_state", None)
+    new_state["fairseq_admin_averaged_from"] = [os.path.abspath(p) for p in paths]
+    return new_state
+
+
+def resolve_inputs(
+    inputs: Sequence[str],
+    num_epoch_checkpoints: Optional[int] = None,
+    num_update_checkpoints: Optional[int] = None,
+    upper_bound: Optional[int] = None,
+) -> List[str]:
+    """The checkpoint files selected by the command-line options."""
+    if not inputs:
+        raise AverageError("--inputs is empty")
+    if num_epoch_checkpoints is not None and num_update_checkpoints is not None:
+        raise AverageError("give --num-epoch-checkpoints or --num-update-checkpoints, not both")
+    num = num_epoch_checkpoints if num_epoch_checkpoints is not None else num_update_checkpoints
+    if num is not None:
+        if len(inputs) != 1 or not os.path.isdir(inputs[0]):
+            raise AverageError(
+                "--num-epoch-checkpoints/--num-update-checkpoints need --inputs to be exactly one directory, got "
+                f"{list(inputs)}"
+            )
+        kind = "epoch" if num_epoch_checkpoints is not None else "update"
+        return last_checkpoints(inputs[0], num, kind, upper_bound)
+    if upper_bound is not None:
+        raise AverageError("--checkpoint-upper-bound needs --num-epoch-checkpoints or --num-update-checkpoints")
+    if len(inputs) == 1 and os.path.isdir(inputs[0]):
+        raise AverageError(
+            f"--inputs {inputs[0]} is a directory: say how many checkpoints to average with "
+            "--num-epoch-checkpoints N or --num-update-checkpoints N"
+        )
+    for path in inputs:
+        if not os.path.exists(path):
+            raise AverageError(f"checkpoint not found: {path}")
+        if os.path.isdir(path):
+            raise AverageError(f"{path} is a directory; give files, or exactly one directory with a --num-* option")
+    return list(inputs)
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fairseq-admin-average",
+        description="Average the model parameters of fairseq checkpoints (float64 accumulation, safe loading).",
+    )
+    p.add_argument("--inputs", nargs="+", required=True, metavar="PATH",
+                   help="checkpoint files, or one directory with --num-epoch-checkpoints/--num-update-checkpoints")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--num-epoch-checkpoints", type=int, metavar="N",
+                   help="average the last N checkpoint<EPOCH>.pt of the --inputs directory")
+    g.add_argument("--num-update-checkpoints", type=int, metavar="N",
+                   help="average the last N checkpoint_<EPOCH>_<UPDATE>.pt of the --inputs directory")
+    p.add_argument("--checkpoint-upper-bound", type=int, metavar="K",
+                   help="ignore checkpoints numbered above K (epoch or update number)")
+    p.add_argument("--output", required=True, metavar="FILE", help="where to write the averaged checkpoint")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> str:
+    args = get_parser().parse_args(argv)
+    paths = resolve_inputs(args.inputs, args.num_epoch_checkpoints, args.num_update_checkpoints,
+                           args.checkpoint_upper_bound)
+    print(f"[average] averaging {len(paths)} checkpoint(s):", flush=True)
+    for path in paths:
+        print(f"[average]   {path}", flush=True)
+    state = average_checkpoints(paths)
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = args.output + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, args.output)
+    print(f"[average] wrote {args.output}", flush=True)
+    return args.output
+
+
+def cli_main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        main(argv)
+    except AverageError as exc:
+        print(f"fairseq-admin-average: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main())

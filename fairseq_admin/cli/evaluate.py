@@ -1,0 +1,322 @@
+"""Evaluate trained checkpoints the way the Admin paper reports them (``fairseq-admin-evaluate``, ``scripts/evaluate.sh``).
+
+Steps: (1) average the last N checkpoints (``fairseq-admin-average``; N <= 1 uses ``checkpoint_best.pt``);
+(2) run the real ``fairseq-generate`` on the binarized subset; (3) take the ``H-<id>`` hypotheses in the original
+sentence order and sentencepiece-decode them; (4) BLEU two ways:
+
+a. sacrebleu (13a tokenization) on the detokenized hypotheses against the raw reference, with its signature; the
+   same number that ``sacrebleu REF -i HYP`` prints;
+b. the papers' tokenized BLEU (fairseq/Admin ``compound_split_bleu.sh`` / ``get_ende_bleu.sh`` recipe): Moses
+   tokenization with aggressive hyphen splitting (``-a``) of hypotheses and reference, compounds put in ATAT format
+   (``perl -ple 's{(\\S)-(\\S)}{$1 ##AT##-##AT## $2}g'``), then corpus BLEU on the tokens (``tokenize='none'``, no
+   smoothing: what ``multi-bleu.perl`` computes).
+
+Everything goes to a JSON file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from typing import Dict, List, Optional, Sequence
+
+PAIR_DEFAULTS = {  # the Admin paper's decoding settings
+    "en-de": {"beam": 4, "lenpen": 0.6},
+    "en-fr": {"beam": 5, "lenpen": 0.8},
+}
+
+_HYPO_RE = re.compile(r"^H-(\d+)\t")
+_ATAT_RE = re.compile(r"(\S)-(\S)")
+
+
+class EvaluationError(RuntimeError):
+    """A clear, user-facing error of the evaluation pipeline."""
+
+
+def log(msg: str) -> None:
+    print(f"[evaluate] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# parsing and scoring (pure functions, unit-tested)
+# ---------------------------------------------------------------------------------------------------------------------
+def parse_generate_output(lines) -> List[str]:
+    """Hypotheses (the last tab-separated field of each ``H-<id>`` line) ordered by sentence id.
+
+    Only the first hypothesis per id is kept (``--nbest`` > 1 prints several). Ids must be exactly 0..n-1."""
+    hyps: Dict[int, str] = {}
+    for line in lines:
+        line = line.rstrip("\n")
+        m = _HYPO_RE.match(line)
+        if not m:
+            continue
+        idx = int(m.group(1))
+        if idx not in hyps:
+            fields = line.split("\t")
+            hyps[idx] = fields[2] if len(fields) >= 3 else ""
+    if not hyps:
+        return []
+    missing = sorted(set(range(len(hyps))) - set(hyps))
+    if missing or max(hyps) != len(hyps) - 1:
+        raise EvaluationError(
+            f"fairseq-generate output has {len(hyps)} hypotheses but their ids are not 0..{len(hyps) - 1} "
+            f"(missing: {missing[:10]}, max id {max(hyps)})"
+        )
+    return [hyps[i] for i in range(len(hyps))]
+
+
+def spm_decode(hyps: Sequence[str], spm_model: str) -> List[str]:
+    """Sentencepiece-decode space-separated pieces."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=spm_model)
+    return [sp.decode_pieces(h.split()) if h.strip() else "" for h in hyps]
+
+
+def read_lines_like_sacrebleu(path: str) -> List[str]:
+    """Read a text file exactly as the sacrebleu CLI does (``\\n`` line ends, trailing whitespace stripped)."""
+    with open(path, encoding="utf-8", newline="\n") as f:
+        return [line.rstrip() for line in f]
+
+
+def compound_split(line: str) -> str:
+    """``rich-text`` -> ``rich ##AT##-##AT## text`` (perl ``s{(\\S)-(\\S)}{$1 ##AT##-##AT## $2}g``)."""
+    return _ATAT_RE.sub(r"\1 ##AT##-##AT## \2", line)
+
+
+def moses_tokenize(lines: Sequence[str], lang: str, aggressive: bool = True) -> List[str]:
+    """Moses tokenization (sacremoses, = ``tokenizer.perl -l LANG [-a]``, with its default escaping)."""
+    from sacremoses import MosesTokenizer
+
+    tok = MosesTokenizer(lang=lang)
+    return [tok.tokenize(line, aggressive_dash_splits=aggressive, return_str=True, escape=True) for line in lines]
+
+
+def tokenized_bleu(hyps: Sequence[str], refs: Sequence[str], lang: str, aggressive: bool = True) -> Dict:
+    """The papers' tokenized BLEU: Moses-tokenize (``-a``), ATAT compound split, BLEU on the tokens."""
+    from sacrebleu.metrics import BLEU
+
+    if len(hyps) != len(refs):
+        raise EvaluationError(f"{len(hyps)} hypotheses but {len(refs)} references")
+    sys_tok = [compound_split(s) for s in moses_tokenize(hyps, lang, aggressive)]
+    ref_tok = [compound_split(s) for s in moses_tokenize(refs, lang, aggressive)]
+    metric = BLEU(tokenize="none", smooth_method="none", force=True)
+    score = metric.corpus_score(sys_tok, [ref_tok])
+    return {"score": score.score, "text": str(score), "signature": str(metric.get_signature())}
+
+
+def sacrebleu_score(hyps: Sequence[str], refs: Sequence[str]) -> Dict:
+    """sacrebleu's default corpus BLEU (13a, exp smoothing) and its signature, as the CLI computes it."""
+    from sacrebleu.metrics import BLEU
+
+    if len(hyps) != len(refs):
+        raise EvaluationError(f"{len(hyps)} hypotheses but {len(refs)} references")
+    metric = BLEU()
+    score = metric.corpus_score(list(hyps), [list(refs)])
+    return {"score": score.score, "text": str(score), "signature": str(metric.get_signature())}
+
+
+def load_hypotheses_and_references(gen_out: str, spm_model: str, ref: str, subset: str = "test"):
+    """Detokenized hypotheses of a fairseq-generate output file (sentence order) and the reference lines;
+    raises :class:`EvaluationError` when their counts differ."""
+    with open(gen_out, encoding="utf-8") as f:
+        pieces = parse_generate_output(f)
+    hyps = spm_decode(pieces, spm_model)
+    refs = read_lines_like_sacrebleu(ref)
+    if len(hyps) != len(refs):
+        raise EvaluationError(
+            f"fairseq-generate produced {len(hyps)} hypotheses for subset {subset!r} ({gen_out}) but the reference "
+            f"{ref} has {len(refs)} lines: is --ref the raw reference of that subset?"
+        )
+    return hyps, refs
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# pipeline
+# ---------------------------------------------------------------------------------------------------------------------
+def select_checkpoints(ckpt_dir: str, num: int, average_by: str = "auto") -> List[str]:
+    """The checkpoints to evaluate: the last ``num`` epoch (or update) checkpoints, or for ``num`` <= 1
+    ``checkpoint_best.pt`` (else the only ``checkpoint*.pt`` there is)."""
+    from fairseq_admin.cli.average_checkpoints import AverageError, last_checkpoints, numbered_checkpoints
+
+    if not os.path.isdir(ckpt_dir):
+        raise EvaluationError(f"--checkpoints {ckpt_dir} is not a directory")
+    if num <= 1:
+        best = os.path.join(ckpt_dir, "checkpoint_best.pt")
+        if os.path.isfile(best):
+            return [best]
+        found = sorted(n for n in os.listdir(ckpt_dir) if n.startswith("checkpoint") and n.endswith(".pt"))
+        if len(found) == 1:
+            return [os.path.join(ckpt_dir, found[0])]
+        raise EvaluationError(f"no checkpoint_best.pt in {ckpt_dir} and not exactly one checkpoint*.pt: {found}")
+    if average_by == "auto":
+        average_by = "epoch" if numbered_checkpoints(ckpt_dir, "epoch") else "update"
+    try:
+        return last_checkpoints(ckpt_dir, num, average_by)
+    except AverageError as exc:
+        raise EvaluationError(str(exc)) from None
+
+
+def default_user_dir() -> str:
+    import fairseq_admin
+
+    return os.path.dirname(os.path.abspath(fairseq_admin.__file__))
+
+
+def _tool(name: str) -> str:
+    """A console script of the running environment (next to its python), else from PATH."""
+    here = os.path.join(os.path.dirname(sys.executable), name)
+    if os.path.exists(here):
+        return here
+    found = shutil.which(name)
+    if not found:
+        raise EvaluationError(f"{name} not found (next to {sys.executable} or on PATH)")
+    return found
+
+
+def _run(cmd: List[str], stdout_path: Optional[str] = None) -> None:
+    log("$ " + " ".join(shlex.quote(c) for c in cmd) + (f" > {stdout_path}" if stdout_path else ""))
+    if stdout_path:
+        with open(stdout_path, "w", encoding="utf-8") as out:
+            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
+    else:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if proc.stdout:
+            sys.stdout.write(proc.stdout)
+    if proc.returncode != 0:
+        err = (proc.stderr or proc.stdout or "").strip().splitlines()
+        tail = "\n".join(err[-15:])
+        raise EvaluationError(f"{os.path.basename(cmd[0])} failed with exit code {proc.returncode}:\n{tail}")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="evaluate.sh",
+        description="Average checkpoints, translate a binarized test set with fairseq-generate and report sacreBLEU "
+        "and the papers' tokenized (compound-split) BLEU.",
+    )
+    p.add_argument("--pair", required=True, choices=sorted(PAIR_DEFAULTS), help="language pair (sets beam/lenpen)")
+    p.add_argument("--checkpoints", required=True, metavar="DIR", help="directory with the checkpoints")
+    p.add_argument("--data", required=True, metavar="DIR", help="fairseq-preprocess output (data-bin)")
+    p.add_argument("--spm", required=True, metavar="MODEL", help="sentencepiece model used to encode the data")
+    p.add_argument("--ref", required=True, metavar="FILE", help="raw (untokenized) reference of the subset")
+    p.add_argument("--num-checkpoints", type=int, default=10, metavar="N",
+                   help="average the last N checkpoints (default 10); 0 or 1: checkpoint_best.pt")
+    p.add_argument("--average-by", choices=("auto", "epoch", "update"), default="auto",
+                   help="checkpoint<E>.pt (epoch) or checkpoint_<E>_<U>.pt (update); auto: epoch if present")
+    p.add_argument("--beam", type=int, default=None, help="beam size (default: en-de 4, en-fr 5)")
+    p.add_argument("--lenpen", type=float, default=None, help="length penalty (default: en-de 0.6, en-fr 0.8)")
+    p.add_argument("--subset", default="test", help="binarized subset to translate (default test)")
+    p.add_argument("--out", default=None, metavar="JSON", help="results file (default CHECKPOINTS/eval-SUBSET.json)")
+    p.add_argument("--workdir", default=None, metavar="DIR",
+                   help="where the averaged checkpoint and generate output go (default: next to --out)")
+    p.add_argument("--user-dir", default=None, help="fairseq --user-dir (default: the installed fairseq_admin)")
+    p.add_argument("--cpu", action="store_true", help="generate on CPU")
+    p.add_argument("--max-tokens", type=int, default=4096, help="fairseq-generate --max-tokens (default 4096)")
+    p.add_argument("--generate-args", default="", metavar="ARGS",
+                   help="extra fairseq-generate arguments, one shell-quoted string (e.g. '--max-len-b 50')")
+    p.add_argument("--no-aggressive-dash", action="store_true",
+                   help="tokenized BLEU without Moses -a (get_ende_bleu.sh style) instead of with it")
+    return p
+
+
+def evaluate(args: argparse.Namespace) -> Dict:
+    src, tgt = args.pair.split("-")
+    beam = args.beam if args.beam is not None else PAIR_DEFAULTS[args.pair]["beam"]
+    lenpen = args.lenpen if args.lenpen is not None else PAIR_DEFAULTS[args.pair]["lenpen"]
+    out_json = args.out or os.path.join(args.checkpoints, f"eval-{args.subset}.json")
+    workdir = args.workdir or os.path.dirname(os.path.abspath(out_json))
+    os.makedirs(workdir, exist_ok=True)
+    for path, what in ((args.data, "--data"), (args.checkpoints, "--checkpoints")):
+        if not os.path.isdir(path):
+            raise EvaluationError(f"{what} {path} is not a directory")
+    for path, what in ((args.spm, "--spm"), (args.ref, "--ref")):
+        if not os.path.isfile(path):
+            raise EvaluationError(f"{what} {path} not found")
+    stem = os.path.splitext(os.path.basename(out_json))[0]
+
+    log(f"step 1/4: checkpoints (last {args.num_checkpoints} of {args.checkpoints})")
+    ckpts = select_checkpoints(args.checkpoints, args.num_checkpoints, args.average_by)
+    if len(ckpts) == 1:
+        model_path = ckpts[0]
+        log(f"using {model_path}")
+    else:
+        model_path = os.path.join(workdir, f"{stem}.avg{len(ckpts)}.pt")
+        _run([sys.executable, "-m", "fairseq_admin.cli.average_checkpoints", "--inputs", *ckpts,
+              "--output", model_path])
+
+    log(f"step 2/4: fairseq-generate on {args.subset} (beam {beam}, lenpen {lenpen})")
+    user_dir = args.user_dir or default_user_dir()
+    gen_out = os.path.join(workdir, f"{stem}.generate-{args.subset}.txt")
+    gen_cmd = [_tool("fairseq-generate"), args.data, "--path", model_path, "--user-dir", user_dir,
+               "--source-lang", src, "--target-lang", tgt, "--gen-subset", args.subset,
+               "--beam", str(beam), "--lenpen", str(lenpen), "--max-tokens", str(args.max_tokens),
+               # fairseq's compiled batch_by_size (ve-fairseq 0.12.3) drops the last len % multiple sentences
+               # when --required-batch-size-multiple > 1 (default 8): translate every sentence.
+               "--required-batch-size-multiple", "1"]
+    if args.cpu:
+        gen_cmd.append("--cpu")
+    gen_cmd += shlex.split(args.generate_args)
+    _run(gen_cmd, stdout_path=gen_out)
+
+    log("step 3/4: hypotheses (H-<id> in sentence order), sentencepiece-decoded")
+    hyps, refs = load_hypotheses_and_references(gen_out, args.spm, args.ref, args.subset)
+    hyp_file = os.path.join(workdir, f"{stem}.hyp.detok.{tgt}")
+    with open(hyp_file, "w", encoding="utf-8", newline="\n") as f:
+        f.writelines(h + "\n" for h in hyps)
+    log(f"{len(hyps)} hypotheses -> {hyp_file}")
+
+    log("step 4/4: BLEU")
+    sb = sacrebleu_score(hyps, refs)
+    tb = tokenized_bleu(hyps, refs, tgt, aggressive=not args.no_aggressive_dash)
+    recipe = ("Moses tokenizer.perl -l {l}{a} (sacremoses), ATAT compound split s{{(\\S)-(\\S)}}{{$1 ##AT##-##AT## $2}}g, "
+              "multi-bleu (sacrebleu tokenize=none, no smoothing)").format(
+                  l=tgt, a="" if args.no_aggressive_dash else " -a")
+    print(f"sacreBLEU: {sb['score']:.2f}  ({sb['text']})")
+    print(f"sacreBLEU signature: {sb['signature']}")
+    print(f"tokenized BLEU (compound split): {tb['score']:.2f}  ({tb['text']})")
+    result = {
+        "pair": args.pair,
+        "subset": args.subset,
+        "sacrebleu": sb["score"],
+        "sacrebleu_signature": sb["signature"],
+        "sacrebleu_text": sb["text"],
+        "tokenized_bleu": tb["score"],
+        "tokenized_bleu_text": tb["text"],
+        "tokenized_bleu_recipe": recipe,
+        "beam": beam,
+        "lenpen": lenpen,
+        "checkpoints": [os.path.abspath(c) for c in ckpts],
+        "model_path": os.path.abspath(model_path),
+        "averaged": len(ckpts) > 1,
+        "generate_command": " ".join(shlex.quote(c) for c in gen_cmd),
+        "generate_output": os.path.abspath(gen_out),
+        "hypotheses_file": os.path.abspath(hyp_file),
+        "reference_file": os.path.abspath(args.ref),
+        "num_hypotheses": len(hyps),
+        "num_references": len(refs),
+    }
+    with open(out_json, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    log(f"wrote {out_json}")
+    return result
+
+
+def cli_main(argv: Optional[Sequence[str]] = None) -> int:
+    args = get_parser().parse_args(argv)
+    try:
+        evaluate(args)
+    except EvaluationError as exc:
+        print(f"evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main())
