@@ -18,14 +18,15 @@ Steps (each printed):
   4. BLEU: (a) sacreBLEU on detokenized text vs the raw reference (signature printed; same as the sacrebleu CLI)
            (b) the papers' tokenized BLEU: Moses -a tokenization + ##AT##-##AT## compound split, tokenize=none
 Writes a JSON (--out, default CHECKPOINTS/eval-SUBSET.json) with both scores, signature, checkpoints, command, counts.
-Environment: PYTHON (default: .venv/bin/python of the project if present, else python3).
+Environment: PYTHON (default: the project's venv, $FAIRSEQ_ADMIN_VENV or .venv, if present, else python3).
 USAGE
   exit 0
 fi
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 if [ -z "${PYTHON:-}" ]; then
-  if [ -x "$root/.venv/bin/python" ]; then PYTHON="$root/.venv/bin/python"; else PYTHON=$(command -v python3); fi
+  venv=${FAIRSEQ_ADMIN_VENV:-$root/.venv}
+  if [ -x "$venv/bin/python" ]; then PYTHON="$venv/bin/python"; else PYTHON=$(command -v python3); fi
 fi
 # fairseq-generate and friends live next to the interpreter
 export PATH="$(dirname "$PYTHON"):$PATH"

@@ -18,6 +18,14 @@ VENV_BIN = Path(sys.executable).parent
 TINY = ["--encoder-embed-dim", "16", "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim", "32",
         "--decoder-ffn-embed-dim", "32", "--encoder-attention-heads", "2", "--decoder-attention-heads", "2"]
 
+# fairseq's own `transformer` at toy size, for tests of the tooling (averaging, evaluation, safe loading)
+TINY_TRAIN = ["--task", "translation", "--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1",
+              "--encoder-embed-dim", "32", "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
+              "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
+              "--share-all-embeddings", "--optimizer", "adam", "--lr", "0.005", "--lr-scheduler", "inverse_sqrt",
+              "--warmup-updates", "5", "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+              "--cpu", "--num-workers", "0", "--no-progress-bar", "--log-interval", "5", "--seed", "1"]
+
 
 class FakeTask:
     """What build_model needs from a task: the dictionaries."""

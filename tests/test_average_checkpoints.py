@@ -4,17 +4,10 @@ import os
 import pytest
 import torch
 
-from helpers import USER_DIR, run_cli
+from helpers import TINY_TRAIN, USER_DIR, run_cli
 
 from fairseq_admin import checkpoint_safety
 from fairseq_admin.cli import average_checkpoints as avg
-
-TINY_TRAIN = ["--task", "translation", "--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1",
-              "--encoder-embed-dim", "32", "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
-              "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
-              "--share-all-embeddings", "--optimizer", "adam", "--lr", "0.005", "--lr-scheduler", "inverse_sqrt",
-              "--warmup-updates", "5", "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
-              "--cpu", "--num-workers", "0", "--no-progress-bar", "--log-interval", "5", "--seed", "1"]
 
 
 @pytest.fixture(scope="module")

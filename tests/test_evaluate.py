@@ -7,16 +7,10 @@ import subprocess
 
 import pytest
 
-from helpers import ROOT, SHARED_DATA, VENV_BIN, run_cli
+from helpers import ROOT, SHARED_DATA, TINY_TRAIN, VENV_BIN, run_cli
 
 from fairseq_admin.cli import evaluate as ev
 
-TINY_TRAIN = ["--task", "translation", "--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1",
-              "--encoder-embed-dim", "32", "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
-              "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
-              "--share-all-embeddings", "--optimizer", "adam", "--lr", "0.005", "--lr-scheduler", "inverse_sqrt",
-              "--warmup-updates", "5", "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
-              "--cpu", "--num-workers", "0", "--no-progress-bar", "--log-interval", "5", "--seed", "1"]
 
 GERMAN = [
     "Ein Mann mit einem orangefarbenen Hut, der etwas anstarrt.",
