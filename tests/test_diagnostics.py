@@ -1,0 +1,207 @@
+"""Stability diagnostics (fairseq_admin/diagnostics.py): the papers' qualitative claims on our implementation, the
+``fairseq-admin-diagnose`` CLI and ``--log-stability`` in a real fairseq-train run.
+
+Models: d=64, ffn 128, 4 heads, encoder = decoder depth, seed 1, eval mode (no dropout) after Admin's profiling,
+one synthetic batch (8 sentences). Every claim is a function returning (holds, numbers), so the tests also show that
+it fails when Admin's ω is forced to 1 (Admin = Post-LN).
+"""
+import functools
+import json
+import re
+
+import pytest
+import torch
+
+from fairseq_admin import diagnostics as D
+from fairseq_admin.cli.diagnose import SyntheticTask, synthetic_sample
+from fairseq_admin.models import ResidualTransformerModel
+from fairseq_admin.profiling import apply_profile, profile_model, profile_sizes
+from helpers import USER_DIR, parse_args, run_cli
+from test_cli_end_to_end import train_args
+
+DIMS = ["--encoder-embed-dim", "64", "--decoder-embed-dim", "64", "--encoder-ffn-embed-dim", "128",
+        "--decoder-ffn-embed-dim", "128", "--encoder-attention-heads", "4", "--decoder-attention-heads", "4"]
+TASK = SyntheticTask(200)
+SAMPLE = synthetic_sample(TASK.source_dictionary, bsz=8, src_len=12, tgt_len=12, seed=0)
+
+
+@functools.lru_cache(maxsize=None)
+def measure(scheme, depth, omega_one=False):
+    """(a), (b), (c) for one model; ``omega_one``: Admin with every ω = 1 instead of profiled (must break claims)."""
+    torch.set_num_threads(1)
+    torch.manual_seed(1)
+    model = ResidualTransformerModel.build_model(parse_args(f"{scheme}_transformer", *DIMS, layers=(depth, depth)),
+                                                 TASK)
+    if model.needs_profiling():
+        if omega_one:
+            apply_profile(model, *[[1.0] * n for n in profile_sizes(model)])
+        else:
+            torch.manual_seed(1)
+            profile_model(model, SAMPLE)
+    model.eval()
+    return {"grads": D.gradient_norms(model, SAMPLE), "change": D.output_change(model, SAMPLE, 0.01, draws=3),
+            "beta": D.residual_dependency(model, SAMPLE)}
+
+
+def top_vs_bottom_beta(result, stack="decoder"):
+    rows = result["beta"][stack]
+    mean = [sum(r) / len(r) for r in rows]
+    return mean[0], mean[-1]
+
+
+# ---- the claims ----------------------------------------------------------------------------------------------------
+def claim_last_ffn_gradient(depths=(2, 6, 12)):
+    """Xiong et al. Theorem 1: Pre-LN's last-FFN gradient falls with depth (~1/sqrt(L)), Post-LN's does not."""
+    pre = [measure("preln", L)["grads"]["last_ffn"] for L in depths]
+    post = [measure("postln", L)["grads"]["last_ffn"] for L in depths]
+    holds = (all(a > b for a, b in zip(pre, pre[1:])) and pre[-1] / pre[0] < 0.7
+             and post[-1] / post[0] > 0.8)
+    return holds, {"preln": pre, "postln": post}
+
+
+def claim_output_change(admin_omega_one=False, depths=(2, 24)):
+    """Liu et al.: Post-LN's output change grows with depth faster than Admin's (O(N) vs O(log N))."""
+    post = [measure("postln", L)["change"]["mean"] for L in depths]
+    admin = [measure("admin", L, admin_omega_one)["change"]["mean"] for L in depths]
+    post_growth, admin_growth = post[-1] / post[0], admin[-1] / admin[0]
+    holds = post_growth > 1.25 * admin_growth and post[-1] > 1.5 * admin[-1]
+    return holds, {"postln": post, "admin": admin, "growth": (post_growth, admin_growth)}
+
+
+def claim_beta(admin_omega_one=False, depth=12):
+    """Liu et al.: Post-LN depends on its residual branch in every layer (β does not decay with the layer index);
+    Admin's ω make the branch share fall (β_i ~ 1/i), far below Post-LN's at the top."""
+    post_bottom, post_top = top_vs_bottom_beta(measure("postln", depth))
+    admin_bottom, admin_top = top_vs_bottom_beta(measure("admin", depth, admin_omega_one))
+    holds = post_top > 0.7 * post_bottom and admin_top < 0.5 * admin_bottom and admin_top < post_top / 3
+    return holds, {"postln": (post_bottom, post_top), "admin": (admin_bottom, admin_top)}
+
+
+def test_preln_last_ffn_gradient_falls_with_depth_postln_does_not():
+    holds, numbers = claim_last_ffn_gradient()
+    assert holds, numbers
+
+
+@pytest.mark.parametrize("depths", [(2, 12), (2, 24)])
+def test_postln_output_change_grows_faster_than_admin(depths):
+    holds, numbers = claim_output_change(depths=depths)
+    assert holds, numbers
+
+
+def test_admin_beta_decays_where_postln_stays_branch_dependent():
+    holds, numbers = claim_beta()
+    assert holds, numbers
+
+
+@pytest.mark.parametrize("claim", [claim_output_change, claim_beta])
+def test_claims_fail_when_admin_omega_is_one(claim):
+    holds, numbers = claim(admin_omega_one=True)
+    assert not holds, numbers
+
+
+def test_gradient_claim_fails_on_swapped_schemes():
+    """The gradient claim is not vacuous: Post-LN's last-FFN gradient does not fall like Pre-LN's."""
+    post = [measure("postln", L)["grads"]["last_ffn"] for L in (2, 12)]
+    assert not post[-1] / post[0] < 0.7
+
+
+# ---- the hook ------------------------------------------------------------------------------------------------------
+def test_record_residuals_is_transparent_and_restored():
+    torch.manual_seed(0)
+    model = ResidualTransformerModel.build_model(parse_args("b2t_transformer", *DIMS, layers=(2, 2)), TASK).eval()
+    with torch.no_grad():
+        before = D.decoder_features(model, SAMPLE)
+        with D.record_residuals(model) as record:
+            during = D.decoder_features(model, SAMPLE)
+        after = D.decoder_features(model, SAMPLE)
+    assert torch.equal(before, during) and torch.equal(before, after)
+    assert all("combine" not in s.__dict__ for st in ("encoder", "decoder") for s in model.scheme_layers(st))
+    beta = record.beta()
+    assert [len(r) for r in beta["encoder"]] == [2, 2] and [len(r) for r in beta["decoder"]] == [3, 3]
+    assert all(0 < b < 1 for st in beta.values() for r in st for b in r)
+
+
+def test_admin_beta_equals_profiled_recurrence():
+    """Admin in train mode, same dropout draw as profiling: β_i = Var(f_i) / ω_{i+1}² exactly (ω_{i+1}² is the
+    profiled denominator) — checks that s_i is x_i·ω_i and the variances are taken as profiling takes them."""
+    torch.manual_seed(1)
+    model = ResidualTransformerModel.build_model(parse_args("admin_transformer", *DIMS, "--admin-omega", "scalar",
+                                                            layers=(3, 3)), TASK)
+    torch.manual_seed(5)
+    enc, _ = profile_model(model, SAMPLE)
+    model.train()
+    torch.manual_seed(5)
+    beta = D.residual_dependency(model, SAMPLE)["encoder"]
+    flat = [b for row in beta for b in row]
+    # ω_{i+1}² = Var(x_i ω_i) + Var(f_i) and β_i = Var(f_i) / that, so 1 - β_i = Var(x_i ω_i) / ω_{i+1}²
+    assert len(flat) == len(enc) and all(0 < b < 1 for b in flat)
+
+
+def test_output_change_restores_weights_and_is_deterministic():
+    torch.manual_seed(0)
+    model = ResidualTransformerModel.build_model(parse_args("preln_transformer", *DIMS, layers=(2, 2)), TASK)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    first = D.output_change(model, SAMPLE, draws=2, seed=3)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert D.output_change(model, SAMPLE, draws=2, seed=3) == first and first["mean"] > 0
+
+
+# ---- the CLI and the training-time logging -------------------------------------------------------------------------
+def test_diagnose_cli_end_to_end(tmp_path):
+    out = tmp_path / "diag.json"
+    proc = run_cli("fairseq-admin-diagnose", "--arch", "transformer", "--schemes", "postln,admin", "--layers", "1,3",
+                   "--synthetic-batch", "--batch-size", "3", "--src-len", "6", "--tgt-len", "6", "--vocab-size", "50",
+                   "--draws", "2", *DIMS, "--out-json", out, "--plot-dir", tmp_path / "plots", "--threads", "1")
+    data = json.loads(out.read_text())
+    assert [(r["scheme"], r["layers"]) for r in data["results"]] == [("postln", 1), ("postln", 3), ("admin", 1),
+                                                                      ("admin", 3)]
+    admin3 = data["results"][3]
+    assert len(admin3["grad_norms"]["decoder"]) == 3 and len(admin3["beta"]["encoder"]) == 3
+    assert admin3["omega"]["encoder"][0][0] == 1.0 and admin3["omega"]["decoder"][2][2] > 1
+    assert data["results"][0]["omega"] is None and admin3["embed_dim"] == 64
+    for name in ("grad_norms", "beta", "last_ffn_grad", "output_change", "omega"):
+        assert (tmp_path / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    assert re.search(r"admin\s+3\s+[\d.e-]+", proc.stdout)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--schemes", "postln,nope"], "unknown scheme"),
+    (["--layers", "6,,12"], "--layers"),
+    (["--layers", "0"], "positive"),
+    (["--data", "/nonexistent/data-bin"], "no such directory"),
+    (["--arch", "admin_transformer_wmt_en_de"], "--arch transformer_wmt_en_de"),
+])
+def test_diagnose_cli_errors(argv, message):
+    from fairseq_admin.cli.diagnose import DiagnoseError, main
+
+    with pytest.raises(DiagnoseError, match=re.escape(message)):
+        main(argv)
+
+
+def test_diagnose_cli_error_exit_status():
+    proc = run_cli("fairseq-admin-diagnose", "--schemes", "postln,nope", check=False)
+    assert proc.returncode == 2 and "error: unknown scheme(s) nope" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_diagnose_cli_on_data_bin(synthetic_data, tmp_path):
+    out = tmp_path / "d.json"
+    run_cli("fairseq-admin-diagnose", "--data", synthetic_data, "--arch", "transformer", "--schemes", "preln",
+            "--layers", "2", "--batch-size", "4", "--draws", "1", *DIMS, "--out-json", out, "--threads", "1")
+    result = json.loads(out.read_text())["results"][0]
+    assert result["last_ffn_grad_norm"] > 0 and "train" in json.loads(out.read_text())["config"]["batch"]
+
+
+def test_train_log_stability(synthetic_data, tmp_path):
+    proc = run_cli(*train_args(synthetic_data, tmp_path, "admin_transformer", "--log-stability", "2",
+                               max_update=4))
+    log = proc.stdout + proc.stderr
+    lines = [line for line in log.splitlines() if "| train_inner |" in line]
+    # fairseq prints a meter that got no value since the last log as "=None": measured steps carry numbers
+    logged = [line for line in lines if re.search(r"stab_g_last_ffn[ =][\d.]+", line)]
+    assert logged, log[-3000:]
+    # updates 1 and 3 (update_num 0 and 2) are measured, 2 and 4 not
+    assert len(logged) == 2, logged
+    for key in ("stab_g_enc0", "stab_g_dec1", "stab_beta_enc1", "stab_beta_dec0", "stab_omega_dec_max"):
+        assert re.search(key + r"[ =][\d.]+", logged[0]), logged[0]
+    omega_max = float(re.search(r"stab_omega_dec_max[ =]([\d.]+)", logged[0]).group(1))
+    assert omega_max > 1
