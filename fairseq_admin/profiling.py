@@ -25,9 +25,10 @@ from torch import Tensor
 logger = logging.getLogger(__name__)
 
 
-def _moments(x: Tensor, mask: Optional[Tensor]) -> List[Tensor]:
-    """[count, sum, sum of squares] of the entries of ``x`` (real tokens only when ``mask`` is given), in float64."""
-    x = x.detach().to(torch.float64)
+def _moments(x: Tensor, mask: Optional[Tensor], scale: float = 1.0) -> List[Tensor]:
+    """[count, sum, sum of squares] of the entries of ``x · scale`` (real tokens only when ``mask`` is given), in
+    float64 whatever the training precision (the product too, so fp16/bf16 activations are not rounded twice)."""
+    x = x.detach().to(torch.float64) * scale
     if mask is not None:
         x = x[mask]
     return [torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device), x.sum(), (x * x).sum()]
@@ -68,7 +69,7 @@ class OmegaProfiler:
         scheme.set_omega(sublayer, omega)  # used by this very forward pass, as in the official code
         self.values.append(omega)
         mask = scheme.token_mask(branch)
-        stats = torch.stack(_moments(shortcut * omega, mask) + _moments(branch, mask))
+        stats = torch.stack(_moments(shortcut, mask, scale=omega) + _moments(branch, mask))
         _all_reduce_sum(stats)
         self.next_omega = math.sqrt(_variance(*stats[:3]) + _variance(*stats[3:]))
 

@@ -53,6 +53,16 @@ def omega_of(layer, sublayer):
     return layer.residual.omega[sublayer].double()
 
 
+def deepnorm_alpha(layer, stack):
+    """DeepNet (Wang et al. 2022) encoder-decoder α: 0.81·(N⁴M)^(1/16) (encoder), (3M)^(1/4) (decoder). N and M come
+    from fairseq's config, which an encoder layer keeps (``layer.cfg``); a decoder layer does not, so there M is the
+    depth the layer was built for (``layer.residual.num_layers``, i.e. cfg.decoder.layers)."""
+    if stack == "encoder":
+        N, M = layer.cfg.encoder.layers, layer.cfg.decoder.layers
+        return 0.81 * (N ** 4 * M) ** (1 / 16)
+    return (3 * layer.residual.num_layers) ** 0.25
+
+
 def encoder_layer(scheme, layer, x, pad=None):
     """One encoder layer of ``scheme``; ``pad`` is (batch, time), True at padding."""
     ln1, ln2 = layer.self_attn_layer_norm, layer.final_layer_norm
@@ -63,6 +73,10 @@ def encoder_layer(scheme, layer, x, pad=None):
     if scheme == "admin":
         h = layer_norm(x * omega_of(layer, 0) + sa(x), ln1)  # LN(x·ω + f(x))
         return layer_norm(h * omega_of(layer, 1) + ffn(h, layer), ln2)
+    if scheme == "deepnorm":  # LN(α·x + f(x))
+        a = deepnorm_alpha(layer, "encoder")
+        h = layer_norm(a * x + sa(x), ln1)
+        return layer_norm(a * h + ffn(h, layer), ln2)
     h = layer_norm(x + sa(x), ln1)
     if scheme == "postln":
         return layer_norm(h + ffn(h, layer), ln2)
@@ -83,6 +97,11 @@ def decoder_layer(scheme, layer, x, enc, enc_pad=None, self_pad=None):
         h1 = layer_norm(x * omega_of(layer, 0) + sa(x), ln1)
         h2 = layer_norm(h1 * omega_of(layer, 1) + ca(h1), ln2)
         return layer_norm(h2 * omega_of(layer, 2) + ffn(h2, layer), ln3)
+    if scheme == "deepnorm":
+        a = deepnorm_alpha(layer, "decoder")
+        h1 = layer_norm(a * x + sa(x), ln1)
+        h2 = layer_norm(a * h1 + ca(h1), ln2)
+        return layer_norm(a * h2 + ffn(h2, layer), ln3)
     h1 = layer_norm(x + sa(x), ln1)
     h2 = layer_norm(h1 + ca(h1), ln2)
     if scheme == "postln":
@@ -106,31 +125,36 @@ def _profile_walk(sublayers, xs, pads):
     """Admin's profiling pass over one stack, each ω_i used as soon as it is known (as the official code does):
     ω_1 = 1, x_{i+1} = LN(x_i ω_i + f_i(x_i)), ω_{i+1} = sqrt(Var(x_i ω_i) + Var(f_i(x_i))).
     ``sublayers``: [(f(x, worker), ln)] bottom to top; ``xs``: the stack input of each worker."""
-    omegas, omega = [], 1.0
+    omegas, omega, betas = [], 1.0, []
     for f_fn, ln in sublayers:
         fs = [f_fn(x, w) for w, x in enumerate(xs)]
         omegas.append(omega)
-        next_omega = math.sqrt(pooled_var([x * omega for x in xs], pads) + pooled_var(fs, pads))
+        var_shortcut, var_branch = pooled_var([x * omega for x in xs], pads), pooled_var(fs, pads)
+        betas.append(var_branch / (var_shortcut + var_branch))  # Liu et al.'s residual dependency of sublayer i
+        next_omega = math.sqrt(var_shortcut + var_branch)
         xs = [layer_norm(x * omega + f, ln) for x, f in zip(xs, fs)]
         omega = next_omega
-    return omegas, xs
+    return omegas, xs, betas
 
 
-def admin_profile_reference(encoder_layers, decoder_layers, batches):
+def admin_profile_reference(encoder_layers, decoder_layers, batches, return_betas=False):
     """Reference ω of both stacks. ``batches``: one dict per worker with ``enc_x``, ``enc_pad``, ``dec_x``,
-    ``dec_pad`` (layer inputs after the embeddings); the encoder walk comes first, its outputs feed the decoder."""
+    ``dec_pad`` (layer inputs after the embeddings); the encoder walk comes first, its outputs feed the decoder.
+    With ``return_betas``, also each sublayer's residual dependency β_i = Var(f_i) / (Var(x_i ω_i) + Var(f_i))."""
     enc_pads = [b["enc_pad"] for b in batches]
     dec_pads = [b["dec_pad"] for b in batches]
     enc_sublayers = []
     for l in encoder_layers:
         enc_sublayers += [(lambda h, w, l=l: attention(h, h, l.self_attn, enc_pads[w]), l.self_attn_layer_norm),
                           (lambda h, w, l=l: ffn(h, l), l.final_layer_norm)]
-    enc_omegas, enc_outs = _profile_walk(enc_sublayers, [b["enc_x"] for b in batches], enc_pads)
+    enc_omegas, enc_outs, enc_betas = _profile_walk(enc_sublayers, [b["enc_x"] for b in batches], enc_pads)
     dec_sublayers = []
     for l in decoder_layers:
         dec_sublayers += [
             (lambda h, w, l=l: attention(h, h, l.self_attn, dec_pads[w], causal=True), l.self_attn_layer_norm),
             (lambda h, w, l=l: attention(h, enc_outs[w], l.encoder_attn, enc_pads[w]), l.encoder_attn_layer_norm),
             (lambda h, w, l=l: ffn(h, l), l.final_layer_norm)]
-    dec_omegas, _ = _profile_walk(dec_sublayers, [b["dec_x"] for b in batches], dec_pads)
+    dec_omegas, _, dec_betas = _profile_walk(dec_sublayers, [b["dec_x"] for b in batches], dec_pads)
+    if return_betas:
+        return (enc_omegas, dec_omegas), (enc_betas, dec_betas)
     return enc_omegas, dec_omegas

@@ -121,20 +121,26 @@ def test_record_residuals_is_transparent_and_restored():
     assert all(0 < b < 1 for st in beta.values() for r in st for b in r)
 
 
-def test_admin_beta_equals_profiled_recurrence():
-    """Admin in train mode, same dropout draw as profiling: β_i = Var(f_i) / ω_{i+1}² exactly (ω_{i+1}² is the
-    profiled denominator) — checks that s_i is x_i·ω_i and the variances are taken as profiling takes them."""
+def test_admin_beta_equals_reference_from_the_profiling_walk():
+    """β_i = Var(f_i) / (Var(x_i ω_i) + Var(f_i)) against the float64 reference walk (dropout off, float64), which
+    checks that s_i is x_i·ω_i and that the variances are taken over real tokens as profiling takes them."""
+    import reference as ref
+    from test_profiling import _stack_inputs
+
     torch.manual_seed(1)
-    model = ResidualTransformerModel.build_model(parse_args("admin_transformer", *DIMS, "--admin-omega", "scalar",
-                                                            layers=(3, 3)), TASK)
-    torch.manual_seed(5)
-    enc, _ = profile_model(model, SAMPLE)
-    model.train()
-    torch.manual_seed(5)
-    beta = D.residual_dependency(model, SAMPLE)["encoder"]
-    flat = [b for row in beta for b in row]
-    # ω_{i+1}² = Var(x_i ω_i) + Var(f_i) and β_i = Var(f_i) / that, so 1 - β_i = Var(x_i ω_i) / ω_{i+1}²
-    assert len(flat) == len(enc) and all(0 < b < 1 for b in flat)
+    model = ResidualTransformerModel.build_model(parse_args("admin_transformer", *DIMS, "--dropout", "0",
+                                                            layers=(3, 3)), TASK).double()
+    net_input = SAMPLE["net_input"]
+    batch = {k: net_input[k] for k in ("src_tokens", "src_lengths", "prev_output_tokens")}
+    enc, _ = profile_model(model, {"net_input": batch})
+    _, (expected_enc, expected_dec) = ref.admin_profile_reference(
+        model.encoder.layers, model.decoder.layers, [_stack_inputs(model, batch)], return_betas=True)
+    beta = D.residual_dependency(model, {"net_input": batch})
+    enc_beta = [b for row in beta["encoder"] for b in row]
+    dec_beta = [b for row in beta["decoder"] for b in row]
+    assert len(enc_beta) == len(enc) == len(expected_enc)
+    assert enc_beta == pytest.approx(expected_enc, rel=1e-9)
+    assert dec_beta == pytest.approx(expected_dec, rel=1e-5)  # fairseq's attention softmax runs in float32
 
 
 def test_output_change_restores_weights_and_is_deterministic():

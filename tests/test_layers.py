@@ -5,7 +5,7 @@ import torch
 import reference as ref
 from helpers import build_model
 
-SCHEMES = ["postln", "preln", "admin", "b2t"]
+SCHEMES = ["postln", "preln", "admin", "b2t", "deepnorm"]
 # fairseq's attention (outside the encoder's fused path) takes its softmax in float32 (fairseq.utils.softmax), so a
 # float64 decoder agrees with the float64 reference to float32 precision only; a formula error shows as O(1).
 DECODER_TOL = dict(rtol=1e-5, atol=1e-6)

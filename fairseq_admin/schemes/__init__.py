@@ -6,10 +6,11 @@ then registers its ``<name>_transformer*`` architectures and its options by itse
 from .admin import Admin
 from .b2t import B2T
 from .base import ResidualScheme
+from .deepnorm import DeepNorm
 from .postln import PostLN
 from .preln import PreLN
 
-SCHEMES = {scheme.name: scheme for scheme in (PostLN, PreLN, Admin, B2T)}
+SCHEMES = {scheme.name: scheme for scheme in (PostLN, PreLN, Admin, B2T, DeepNorm)}
 
 
 def get_scheme(name: str) -> type:

@@ -87,7 +87,28 @@ class Admin(ResidualScheme):
     def combine(self, sublayer: int, branch: Tensor, shortcut: Tensor) -> Tensor:
         if self.profiler is not None:
             self.profiler.observe(self, sublayer, branch, shortcut)
-        return shortcut * self.omega[sublayer] + branch
+        omega = self.omega[sublayer]
+        if shortcut.dtype == branch.dtype == omega.dtype:
+            return shortcut * omega + branch
+        # Mixed precision: ω stays float32 (see _apply) while the activations are fp16/bf16. The product and the sum
+        # run in float32 (or better) and are rounded once to the activations' dtype, which the LayerNorm expects.
+        out_dtype = torch.promote_types(shortcut.dtype, branch.dtype)
+        compute = torch.promote_types(out_dtype, omega.dtype)
+        return (shortcut.to(compute) * omega.to(compute) + branch.to(compute)).to(out_dtype)
+
+    def _apply(self, fn, *args, **kwargs):
+        """``model.half()`` / ``.bfloat16()`` / ``.to(dtype)`` leave ω in float32: a rounded ω would rescale every
+        residual stream by up to 2^-11 (fp16) or 2^-8 (bf16) of itself, and with ``--memory-efficient-*`` (no fp32
+        master copy) updates smaller than that would be lost. Device moves and float64 casts apply as usual."""
+        kept = self.omega.detach().clone()
+        result = super()._apply(fn, *args, **kwargs)
+        if self.omega.dtype in (torch.float16, torch.bfloat16):
+            restored = kept.to(device=self.omega.device, dtype=torch.float32)
+            if isinstance(self.omega, nn.Parameter):
+                self.omega.data = restored
+            else:
+                self._buffers["omega"] = restored
+        return result
 
     def set_omega(self, sublayer: int, value: float) -> None:
         with torch.no_grad():
