@@ -11,7 +11,8 @@ Runs the whole pipeline on Multi30k En-De (29k training pairs), on the CPU, in a
   2. prepares the data (data-prep/prepare-multi30k.sh: download or --raw-dir, sentencepiece 8k, fairseq-preprocess)
   3. trains an 18-18 layer Admin Transformer (d=128, ffn 512, 4 heads) with fairseq-train --task admin_translation;
      Admin's ω is profiled on the first batch and written to OUT/checkpoints/profile.ratio.init
-  4. evaluates (scripts/evaluate.sh): averages the last 3 epoch checkpoints, beam 4, sacreBLEU and tokenized BLEU
+  4. evaluates (scripts/evaluate.sh): averages the last 3 checkpoints (every 50 updates), beam 4, sacreBLEU and
+     tokenized BLEU
      on test_2016_flickr
   5. prints the BLEU scores and where everything was written
 Every step is skipped or resumed when re-run: an interrupted training run continues from its last checkpoint.
@@ -20,7 +21,7 @@ Every step is skipped or resumed when re-run: an interrupted training run contin
                    e.g. --raw-dir ../shared/data/multi30k
   --out DIR        where data, checkpoints and results go (default: quickstart/)
   --layers N-M     encoder-decoder depth (default 18-18)
-  --max-update N   training updates (default 800, ~3.5k target tokens each)
+  --max-update N   training updates (default 450, ~3k target tokens each, ~4 epochs)
   --scheme S       residual scheme: admin (default), postln, preln, b2t (for comparison)
 USAGE
 }
@@ -29,7 +30,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=$root/quickstart
 raw_args=()
 layers=18-18
-max_update=800
+max_update=450
 scheme=admin
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -68,14 +69,15 @@ train=(fairseq-train "$out/data/data-bin" --user-dir "$root/fairseq_admin" --tas
   --optimizer adam --adam-betas "(0.9, 0.98)" --lr 1e-3 --lr-scheduler inverse_sqrt --warmup-updates 200
   --warmup-init-lr 1e-7 --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --dropout 0.1
   --max-tokens 3500 --max-update "$max_update" --seed 1 --cpu --num-workers 0
-  --save-dir "$save" --keep-last-epochs 3 --log-format simple --log-interval 25)
+  --save-dir "$save" --save-interval-updates 50 --keep-interval-updates 3 --no-epoch-checkpoints
+  --log-format simple --log-interval 25)
 if [ "$scheme" = admin ]; then train+=(--admin-profile-save "$save/profile.ratio.init"); fi
 printf '%q ' "${train[@]}"; echo
 "${train[@]}" 2>&1 | tee -a "$out/train-${scheme}_${layers}.log"
 
 step "4/5 evaluation on test_2016_flickr"
 bash "$root/scripts/evaluate.sh" --pair en-de --checkpoints "$save" --data "$out/data/data-bin" \
-  --spm "$out/data/spm.model" --ref "$out/data/test.raw.de" --num-checkpoints 3 --average-by epoch \
+  --spm "$out/data/spm.model" --ref "$out/data/test.raw.de" --num-checkpoints 3 --average-by update \
   --beam 4 --lenpen 0.6 --user-dir "$root/fairseq_admin" --cpu --out "$out/results-${scheme}_${layers}.json"
 
 step "5/5 done in $(( ($(date +%s) - start) / 60 )) minutes"
