@@ -60,9 +60,9 @@ class AdminTranslationTask(TranslationTask):
         core = unwrap_model(model)
         if _needs_profiling(core):
             encoder, decoder = profile_model(core, sample)
-            logger.info("admin: profiled ω on the first batch (%d tokens on this worker, identical on all %d "
-                        "workers): encoder %s; decoder %s", sample["ntokens"], world_size(), _summary(encoder),
-                        _summary(decoder))
+            workers = f" on this worker, identical on all {world_size()} workers" if world_size() > 1 else ""
+            logger.info("admin: profiled ω on the first batch (%d tokens%s): encoder %s; decoder %s",
+                        sample["ntokens"], workers, _summary(encoder), _summary(decoder))
             if self.cfg.admin_profile_save and rank() == 0:
                 write_profile(self.cfg.admin_profile_save, encoder, decoder)
                 logger.info(f"admin: profile written to {self.cfg.admin_profile_save}")
