@@ -1,0 +1,437 @@
+#!/usr/bin/env python3
+"""What the plugin costs against vanilla fairseq: training and generation throughput, peak memory, Admin's profiling.
+
+Every scheme of ``fairseq_admin.schemes.SCHEMES`` (``--arch <scheme>_transformer``, ``--task admin_translation``) is
+compared with fairseq's own ``--arch transformer`` (``--task translation``) of identical dimensions; Pre-LN is compared
+with the vanilla model built with ``--encoder-normalize-before --decoder-normalize-before`` (fairseq's own Pre-LN),
+every Post-LN-family scheme with the vanilla Post-LN model.
+
+Throughput is measured in ONE process, the two models alternating on the same fixed real Multi30k batches:
+V S V S ... S V (vanilla and scheme interleaved, starting and ending with vanilla). The first ``--warmup`` rounds
+are discarded; each later round i gives the ratio  scheme_time_i / mean(vanilla_time_i, vanilla_time_{i+1})
+(the vanilla rounds on both sides of it, so slow drifts of the machine's load cancel), reported as the median with
+its min-max spread, as throughput ratio scheme / vanilla = 1 / time ratio.
+
+* training: fairseq's real training step, ``fairseq.trainer.Trainer.train_step`` (task.train_step -> criterion
+  (label-smoothed CE) -> backward -> Adam step -> lr scheduler), i.e. what fairseq-train runs per update;
+  target tokens per second.
+* generation: ``SequenceGenerator`` (beam 4) through ``task.inference_step`` (what fairseq-generate calls) on a fixed
+  set of test_2016_flickr source sentences; sentences per second. The models are untrained, so the output length is
+  pinned (min_len = max_len = ``--gen-len`` tokens, then EOS): both models do exactly the same decoding work.
+* memory: peak resident set size (VmHWM, reset through /proc/self/clear_refs) of ``--mem-steps`` training steps,
+  minus the RSS just before the first step, in a fresh subprocess per model (so one model's freed-but-cached heap
+  cannot hide another's); it includes gradients, Adam's state (created at the first step) and activations.
+  CPU only; on CUDA use torch.cuda.max_memory_allocated instead.
+* Admin's profiling (``fairseq_admin.profiling.profile_model``) alternated with a training step on the same batch:
+  profiling time / training-step time.
+
+    python benchmarks/cost.py --smoke          # 1-1 layers, 1 scheme, a few seconds per measure: checks the code
+    python benchmarks/cost.py                  # the full measurement (6-6 and 18-18, every scheme)
+"""
+import argparse
+import copy
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+USER_DIR = os.path.join(ROOT, "fairseq_admin")
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+DIMS = ["--encoder-embed-dim", "128", "--decoder-embed-dim", "128", "--encoder-ffn-embed-dim", "512",
+        "--decoder-ffn-embed-dim", "512", "--encoder-attention-heads", "4", "--decoder-attention-heads", "4",
+        "--share-all-embeddings"]
+TRAIN = ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", "1e-4", "--lr-scheduler", "inverse_sqrt",
+         "--warmup-updates", "4000", "--warmup-init-lr", "1e-7", "--criterion", "label_smoothed_cross_entropy",
+         "--label-smoothing", "0.1", "--dropout", "0.1", "--seed", "1", "--cpu", "--num-workers", "0"]
+
+
+def log(msg):
+    print(f"[cost {datetime.now(timezone.utc).strftime('%H:%M:%S')}Z] {msg}", flush=True)
+
+
+def load():
+    return round(os.getloadavg()[0], 2)
+
+
+# ---- building the real fairseq objects ------------------------------------------------------------------------------
+def model_argv(name, layers, data_bin, max_tokens):
+    """fairseq-train arguments of one benchmarked model: 'vanilla', 'vanilla-preln' or a scheme name."""
+    enc, dec = layers.split("-")
+    depth = ["--encoder-layers", enc, "--decoder-layers", dec]
+    if name.startswith("vanilla"):
+        extra = ["--encoder-normalize-before", "--decoder-normalize-before"] if name == "vanilla-preln" else []
+        head = ["--task", "translation", "--arch", "transformer"] + extra
+    else:
+        head = ["--task", "admin_translation", "--arch", f"{name}_transformer"]
+    return [data_bin, "--user-dir", USER_DIR, *head, *depth, *DIMS, *TRAIN, "--max-tokens", str(max_tokens)]
+
+
+def build(name, layers, data_bin, max_tokens):
+    import torch
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.trainer import Trainer
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, model_argv(name, layers, data_bin, max_tokens))
+    cfg = convert_namespace_to_omegaconf(args)
+    torch.manual_seed(1)
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model)
+    criterion = task.build_criterion(cfg.criterion)
+    trainer = Trainer(cfg, task, model, criterion)
+    return {"name": name, "task": task, "model": model, "trainer": trainer, "cfg": cfg,
+            "params": sum(p.numel() for p in model.parameters()), "class": type(model).__name__}
+
+
+def fixed_batches(data_bin, n, max_tokens, split="train"):
+    """The first n batches of a seeded epoch of fairseq's own batching (max_tokens target+source per batch)."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    args = options.parse_args_and_arch(options.get_training_parser(),
+                                       model_argv("vanilla", "1-1", data_bin, max_tokens))
+    task = tasks.setup_task(convert_namespace_to_omegaconf(args).task)
+    task.load_dataset(split)
+    itr = task.get_batch_iterator(dataset=task.dataset(split), max_tokens=max_tokens, seed=1,
+                                  required_batch_size_multiple=1, num_workers=0).next_epoch_itr(shuffle=True)
+    return [b for _, b in zip(range(n), itr)]
+
+
+def gen_batches(data_bin, sentences, batch_size):
+    """Batches of the first ``sentences`` test_2016_flickr source sentences, in corpus order."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    args = options.parse_args_and_arch(options.get_training_parser(),
+                                       model_argv("vanilla", "1-1", data_bin, 100000))
+    task = tasks.setup_task(convert_namespace_to_omegaconf(args).task)
+    task.load_dataset("test")
+    ds = task.dataset("test")
+    ids = list(range(min(sentences, len(ds))))
+    return [ds.collater([ds[i] for i in ids[k:k + batch_size]]) for k in range(0, len(ids), batch_size)]
+
+
+# ---- timed units --------------------------------------------------------------------------------------------------
+def time_train(m, batches):
+    t, c = time.perf_counter(), time.process_time()
+    for b in batches:
+        m["trainer"].train_step([b])
+    return time.perf_counter() - t, time.process_time() - c
+
+
+def make_generator(m, gen_len):
+    from fairseq.sequence_generator import SequenceGenerator
+    return SequenceGenerator([m["model"]], m["task"].target_dictionary, beam_size=4, max_len_a=0,
+                             max_len_b=gen_len, min_len=gen_len, len_penalty=0.6)
+
+
+def time_generate(m, gen, batches):
+    m["model"].eval()
+    t, c = time.perf_counter(), time.process_time()
+    for b in batches:
+        m["task"].inference_step(gen, [m["model"]], b)
+    return time.perf_counter() - t, time.process_time() - c
+
+
+def alternate(run_v, run_s, rounds, warmup):
+    """V S V S ... S V; per-round wall and CPU (process) times, and the sandwich ratios
+    scheme / mean(neighbouring vanilla) of each. With one torch thread the CPU time is the time this process spent
+    computing, which other processes' load disturbs far less than the wall time; both are reported."""
+    tv, ts = [], []
+    for _ in range(rounds):
+        tv.append(run_v())
+        ts.append(run_s())
+    tv.append(run_v())
+    out = {"warmup_rounds_dropped": warmup}
+    for k, key in ((0, "wall"), (1, "cpu")):
+        v, s = [x[k] for x in tv], [x[k] for x in ts]
+        out[f"vanilla_{key}_s"] = [round(x, 4) for x in v]
+        out[f"scheme_{key}_s"] = [round(x, 4) for x in s]
+        out[f"{key}_time_ratios"] = [round(s[i] / ((v[i] + v[i + 1]) / 2), 4) for i in range(warmup, rounds)]
+    # compatibility with the first result files: the headline ratios are the wall-clock ones
+    out["vanilla_s"], out["scheme_s"], out["time_ratios"] = out["vanilla_wall_s"], out["scheme_wall_s"], \
+        out["wall_time_ratios"]
+    return out
+
+
+def summarize(res, work_units, unit):
+    """Throughput ratio scheme / vanilla = 1 / time ratio (median, min, max over the measured rounds), for the
+    wall-clock and the CPU time; throughputs from the median wall time."""
+    w = res["warmup_rounds_dropped"]
+    for key, prefix in (("wall", ""), ("cpu", "cpu_")):
+        thr = sorted(1 / r for r in res[f"{key}_time_ratios"])
+        res.update({f"{prefix}throughput_ratio_median": round(statistics.median(thr), 4),
+                    f"{prefix}throughput_ratio_min": round(thr[0], 4),
+                    f"{prefix}throughput_ratio_max": round(thr[-1], 4)})
+    v = statistics.median(res["vanilla_wall_s"][w:])
+    s = statistics.median(res["scheme_wall_s"][w:])
+    res.update({f"vanilla_{unit}_median": round(work_units / v, 1), f"scheme_{unit}_median": round(work_units / s, 1)})
+    return res
+
+
+# ---- memory (fresh subprocess per model) --------------------------------------------------------------------------
+def _rss_kib(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def memory_worker(a):
+    """Runs in its own process: build one model, take --mem-steps training steps, report RSS numbers (KiB)."""
+    import torch
+    torch.set_num_threads(a.threads)
+    batches = fixed_batches(a.data_bin, a.batches, a.max_tokens)
+    m = build(a.memory_worker, a.layer, a.data_bin, a.max_tokens)
+    gc.collect()
+    before = _rss_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM (peak RSS) to the current RSS
+    for i in range(a.mem_steps):
+        m["trainer"].train_step([batches[i % len(batches)]])
+    peak = _rss_kib("VmHWM")
+    print(json.dumps({"rss_before_kib": before, "peak_rss_kib": peak, "peak_delta_kib": peak - before,
+                      "params": m["params"]}))
+
+
+def measure_memory(a, name, layers):
+    cmd = [sys.executable, os.path.abspath(__file__), "--memory-worker", name, "--layer", layers,
+           "--data-bin", a.data_bin, "--max-tokens", str(a.max_tokens), "--batches", str(a.batches),
+           "--mem-steps", str(a.mem_steps), "--threads", str(a.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"memory worker {name} {layers} failed: {out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---- main ----------------------------------------------------------------------------------------------------------
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default=os.path.join(ROOT, "benchmarks", "work"),
+                   help="where Multi30k is prepared if --data-bin is not given (default benchmarks/work)")
+    p.add_argument("--data-bin", default=None, help="a fairseq data-bin of Multi30k En-De (default WORK/data/data-bin)")
+    p.add_argument("--raw-dir", default=os.path.join(os.path.dirname(ROOT), "shared", "data", "multi30k"))
+    p.add_argument("--schemes", default=None, help="comma list (default: every scheme in SCHEMES)")
+    p.add_argument("--layers", default="6-6,18-18")
+    p.add_argument("--rounds", type=int, default=7, help="alternation rounds per pair, warm-up included")
+    p.add_argument("--warmup", type=int, default=2, help="rounds dropped at the start")
+    p.add_argument("--batches", type=int, default=2, help="fixed training batches per round")
+    p.add_argument("--max-tokens", type=int, default=3500)
+    p.add_argument("--gen-sentences", type=int, default=64)
+    p.add_argument("--gen-batch", type=int, default=32)
+    p.add_argument("--gen-len", type=int, default=20, help="pinned output length (tokens before EOS)")
+    p.add_argument("--mem-steps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier under shared load)")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: train,generate,memory,profile")
+    p.add_argument("--out", default=None, help="result JSON (default benchmarks/results/cost-<UTC time>.json)")
+    p.add_argument("--smoke", action="store_true", help="1-1 layers, first scheme only, 2 rounds: checks the code")
+    p.add_argument("--render", default=None, metavar="JSON", help="print the markdown tables of a result file")
+    p.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--layer", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.render:
+        print(markdown(json.load(open(a.render))))
+        return 0
+    if a.data_bin is None:
+        from depth_grid import prepare_data
+        a.data_bin = os.path.join(prepare_data(os.path.abspath(a.work), a.raw_dir), "data-bin")
+    if a.memory_worker:
+        return memory_worker(a)
+
+    import torch
+    import fairseq
+    torch.set_num_threads(a.threads)
+    from fairseq_admin.profiling import profile_model
+    from fairseq_admin.schemes import SCHEMES
+    schemes = a.schemes.split(",") if a.schemes else list(SCHEMES)
+    if a.smoke:
+        schemes, a.layers, a.rounds, a.warmup, a.batches = schemes[:1] + (["admin"] if "admin" in SCHEMES and
+                                                                           schemes[0] != "admin" else []), "1-1", 2, 1, 1
+        a.gen_sentences, a.mem_steps = 8, 1
+    skip = set(filter(None, a.skip.split(",")))
+    # smoke results go to benchmarks/results/tmp/ (git-ignored)
+    out_path = a.out or os.path.join(ROOT, "benchmarks", "results", *(["tmp"] if a.smoke else []),
+                                     f"cost-{'smoke-' if a.smoke else ''}{datetime.now(timezone.utc):%Y%m%dT%H%MZ}.json")
+    batches = fixed_batches(a.data_bin, a.batches, a.max_tokens)
+    tgt_tokens = sum(int(b["ntokens"]) for b in batches)
+    gbatches = gen_batches(a.data_bin, a.gen_sentences, a.gen_batch)
+    n_sent = sum(len(b["id"]) for b in gbatches)
+    report = {
+        "started_utc": datetime.now(timezone.utc).isoformat(), "uptime_start": _uptime(),
+        "machine": {"nproc": os.cpu_count(), "torch_threads": a.threads, "torch": torch.__version__,
+                    "fairseq": fairseq.__version__, "python": platform.python_version(), "cpu": _cpu()},
+        "setup": {"dims": "d=128, ffn 512, 4 heads, shared embeddings, dropout 0.1, Adam, label-smoothed CE",
+                  "train_batches": len(batches), "train_target_tokens_per_round": tgt_tokens,
+                  "train_sentences_per_round": sum(int(b["nsentences"]) for b in batches),
+                  "gen_sentences_per_round": n_sent, "gen_beam": 4, "gen_len_pinned": a.gen_len,
+                  "rounds": a.rounds, "warmup_rounds": a.warmup, "smoke": a.smoke,
+                  "memory": "peak RSS (VmHWM after clear_refs) minus RSS before the first of --mem-steps training "
+                            "steps, one fresh process per model", "mem_steps": a.mem_steps},
+        "results": [], "memory": [], "admin_profiling": [],
+        "command": " ".join([sys.executable] + sys.argv), "code": code_version(),
+    }
+    log(f"{len(batches)} training batches ({tgt_tokens} target tokens), {n_sent} generation sentences; "
+        f"schemes {schemes}; layers {a.layers}; load {load()}")
+
+    def save():
+        os.makedirs(os.path.dirname(out_path), exist_ok=True)
+        json.dump(report, open(out_path + ".tmp", "w"), indent=1)
+        os.replace(out_path + ".tmp", out_path)
+
+    for layers in a.layers.split(","):
+        vanillas = {}
+        for scheme in schemes:
+            base = "vanilla-preln" if SCHEMES[scheme].normalize_before else "vanilla"
+            if base not in vanillas:
+                vanillas[base] = build(base, layers, a.data_bin, a.max_tokens)
+            v = vanillas[base]
+            s = build(scheme, layers, a.data_bin, a.max_tokens)
+            row = {"layers": layers, "scheme": scheme, "baseline": base, "scheme_params": s["params"],
+                   "baseline_params": v["params"], "scheme_model": s["class"], "baseline_model": v["class"]}
+            if "train" not in skip:
+                l0 = load()
+                res = alternate(lambda: time_train(v, batches), lambda: time_train(s, batches), a.rounds, a.warmup)
+                row["train"] = summarize(res, tgt_tokens, "tokens_per_s")
+                row["train"]["load1_start_end"] = [l0, load()]
+                log(f"{layers} {scheme} train: {_fmt(row['train'])}")
+            if "generate" not in skip:
+                gv, gs = make_generator(v, a.gen_len), make_generator(s, a.gen_len)
+                l0 = load()
+                res = alternate(lambda: time_generate(v, gv, gbatches), lambda: time_generate(s, gs, gbatches),
+                                a.rounds, a.warmup)
+                row["generate"] = summarize(res, n_sent, "sentences_per_s")
+                row["generate"]["load1_start_end"] = [l0, load()]
+                log(f"{layers} {scheme} generate: {_fmt(row['generate'])}")
+            if scheme == "admin" and "profile" not in skip:
+                row_p = measure_profiling(s, batches[0], a.rounds, a.warmup, profile_model)
+                row_p["layers"] = layers
+                report["admin_profiling"].append(row_p)
+                log(f"{layers} admin profiling / training step: {row_p['ratio_median']} "
+                    f"[{row_p['ratio_min']}, {row_p['ratio_max']}]")
+            report["results"].append(row)
+            del s
+            gc.collect()
+            save()
+        del vanillas
+        gc.collect()
+        if "memory" not in skip:
+            names = sorted({("vanilla-preln" if SCHEMES[x].normalize_before else "vanilla") for x in schemes}) + schemes
+            mem = {n: measure_memory(a, n, layers) for n in names}
+            for n in schemes:
+                base = "vanilla-preln" if SCHEMES[n].normalize_before else "vanilla"
+                report["memory"].append({
+                    "layers": layers, "scheme": n, "baseline": base,
+                    "scheme_peak_delta_mib": round(mem[n]["peak_delta_kib"] / 1024, 1),
+                    "baseline_peak_delta_mib": round(mem[base]["peak_delta_kib"] / 1024, 1),
+                    "ratio": round(mem[n]["peak_delta_kib"] / mem[base]["peak_delta_kib"], 4),
+                    "scheme_peak_rss_mib": round(mem[n]["peak_rss_kib"] / 1024, 1),
+                    "baseline_peak_rss_mib": round(mem[base]["peak_rss_kib"] / 1024, 1)})
+                log(f"{layers} {n} memory: {report['memory'][-1]}")
+            save()
+    report["finished_utc"] = datetime.now(timezone.utc).isoformat()
+    report["uptime_end"] = _uptime()
+    save()
+    md = markdown(report)
+    open(out_path[:-5] + ".md", "w").write(md)
+    print(md)
+    log(f"wrote {out_path} and {out_path[:-5]}.md")
+    return 0
+
+
+def measure_profiling(m, batch, rounds, warmup, profile_model):
+    """Admin's profile_model alternated with a training step on the same batch (T P T P ... P T)."""
+    res = alternate(lambda: time_train(m, [batch]), lambda: _time(lambda: profile_model(m["model"], batch)),
+                    rounds, warmup)
+    r = sorted(res["cpu_time_ratios"] if res.get("cpu_time_ratios") else res["time_ratios"])
+    return {"ratio_median": round(statistics.median(r), 4), "ratio_min": round(r[0], 4), "ratio_max": round(r[-1], 4),
+            "train_step_s": res["vanilla_s"], "profile_s": res["scheme_s"], "batch_target_tokens": int(batch["ntokens"]),
+            "load1": load()}
+
+
+def _time(fn):
+    t, c = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - t, time.process_time() - c
+
+
+def _fmt(r):
+    out = f"wall ratio {r['throughput_ratio_median']} [{r['throughput_ratio_min']}, {r['throughput_ratio_max']}]"
+    if "cpu_throughput_ratio_median" in r:
+        out += (f", CPU-time ratio {r['cpu_throughput_ratio_median']} [{r['cpu_throughput_ratio_min']}, "
+                f"{r['cpu_throughput_ratio_max']}]")
+    return out + f", load {r['load1_start_end']}"
+
+
+def code_version():
+    """The commit and whether fairseq_admin/ had uncommitted changes when the measurement started."""
+    def git(*a):
+        r = subprocess.run(["git", "-C", ROOT, *a], capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else None
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "fairseq_admin_uncommitted": git("status", "--porcelain", "--", "fairseq_admin")}
+
+
+def _uptime():
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return f"loadavg {os.getloadavg()}"
+
+
+def _cpu():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _cell(r, prefix=""):
+    if not r or f"{prefix}throughput_ratio_median" not in r:
+        return "—"
+    return (f"{r[prefix + 'throughput_ratio_median']:.3f} [{r[prefix + 'throughput_ratio_min']:.3f}, "
+            f"{r[prefix + 'throughput_ratio_max']:.3f}]")
+
+
+def markdown(report):
+    rows = ["| layers | scheme | baseline | train tok/s ratio: CPU time | train: wall clock | vanilla / scheme tok/s "
+            "(wall) | generation sent/s ratio: CPU time | generation: wall clock | vanilla / scheme sent/s (wall) | "
+            "load (1-min) train; gen |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        t, g = r.get("train"), r.get("generate")
+        rows.append(
+            f"| {r['layers']} | {r['scheme']} | {r['baseline']} | {_cell(t, 'cpu_')} | {_cell(t)} | "
+            + (f"{t['vanilla_tokens_per_s_median']} / {t['scheme_tokens_per_s_median']}" if t else "—")
+            + f" | {_cell(g, 'cpu_')} | {_cell(g)} | "
+            + (f"{g['vanilla_sentences_per_s_median']} / {g['scheme_sentences_per_s_median']}" if g else "—")
+            + f" | {t['load1_start_end'] if t else '—'}; {g['load1_start_end'] if g else '—'} |")
+    md = "\n".join(rows) + "\n"
+    if report["memory"]:
+        md += ("\n| layers | scheme | baseline | peak RSS increase over 3 training steps, MiB (scheme / vanilla) | ratio |"
+               " peak RSS MiB (scheme / vanilla) |\n|---|---|---|---|---|---|\n")
+        for m in report["memory"]:
+            md += (f"| {m['layers']} | {m['scheme']} | {m['baseline']} | {m['scheme_peak_delta_mib']} / "
+                   f"{m['baseline_peak_delta_mib']} | {m['ratio']:.3f} | {m['scheme_peak_rss_mib']} / "
+                   f"{m['baseline_peak_rss_mib']} |\n")
+    if report["admin_profiling"]:
+        md += "\n| layers | Admin profiling time / one training step, median [min, max] | batch target tokens |\n"
+        md += "|---|---|---|\n"
+        for p in report["admin_profiling"]:
+            md += f"| {p['layers']} | {p['ratio_median']:.3f} [{p['ratio_min']:.3f}, {p['ratio_max']:.3f}] | " \
+                  f"{p['batch_target_tokens']} |\n"
+    md += f"\nLoad: `{report['uptime_start']}` at start, `{report.get('uptime_end', '')}` at end; " \
+          f"torch threads {report['machine']['torch_threads']} on {report['machine']['nproc']} cores.\n"
+    return md
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,593 @@
+#!/usr/bin/env python3
+"""Stability and quality at depth: every residual scheme on Multi30k En-De, small CPU dimensions, two regimes.
+
+One cell = (regime, scheme, layers, seed) = one real ``fairseq-train`` run (``--task admin_translation --arch
+<scheme>_transformer``, validation every ``--validate-interval`` updates) followed by beam-4 decoding of
+test_2016_flickr and sacreBLEU. Each cell writes ``RESULTS/<regime>_<scheme>_<layers>_seed<k>.json``:
+training and validation curves, divergence/stall flags, final valid loss, BLEU, wall time and machine load.
+
+Re-running skips finished cells and resumes interrupted ones (fairseq continues from ``checkpoint_last.pt``,
+saved every ``--validate-interval`` updates). Only one training runs at a time: a lock file in the work directory
+stops a second grid process (2 CPU cores: two trainings would halve each other's speed and the timings).
+
+    python benchmarks/depth_grid.py --dry-run           # the plan and the commands, nothing runs (seconds)
+    python benchmarks/depth_grid.py --layers 18-18      # run (resumable)
+    python benchmarks/depth_grid.py --render            # table + PNG curves from the result files only
+"""
+import argparse
+import fcntl
+import glob
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_WORK = os.path.join(ROOT, "benchmarks", "work")
+DEFAULT_RESULTS = os.path.join(ROOT, "benchmarks", "results", "grid")
+DEFAULT_RAW = os.path.join(os.path.dirname(ROOT), "shared", "data", "multi30k")
+# Most informative first: the paper's claims are about deep Post-LN vs its fixes.
+PRIORITY = ("postln", "admin", "preln", "b2t", "deepnorm")
+
+# Identical for every scheme and regime (METHODS.md, "Measured on this project's machines").
+MODEL_ARGS = [
+    "--encoder-embed-dim", "128", "--decoder-embed-dim", "128",
+    "--encoder-ffn-embed-dim", "512", "--decoder-ffn-embed-dim", "512",
+    "--encoder-attention-heads", "4", "--decoder-attention-heads", "4", "--share-all-embeddings",
+    "--dropout", "0.1", "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+    "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)",
+]
+REGIMES = {
+    # METHODS.md's setting: the one under which 18-18 Post-LN stalled at 9.88 after 400 updates.
+    "standard": {"args": ["--lr", "1e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "200",
+                          "--warmup-init-lr", "1e-7"],
+                 "desc": "lr 1e-3, inverse_sqrt, 200 linear warm-up updates from 1e-7"},
+    # Xiong et al. §3.2: Post-LN without warm-up (or with a large lr) breaks; Pre-LN is claimed not to need warm-up.
+    "aggressive": {"args": ["--lr", "2e-3", "--lr-scheduler", "fixed"],
+                   "desc": "lr 2e-3 constant from the first update, no warm-up (fixed scheduler)"},
+}
+
+
+def log(msg):
+    print(f"[depth_grid {datetime.now(timezone.utc).strftime('%H:%M:%S')}Z] {msg}", flush=True)
+
+
+def available_schemes():
+    sys.path.insert(0, ROOT)
+    from fairseq_admin.schemes import SCHEMES
+    names = list(SCHEMES)
+    return [s for s in PRIORITY if s in names] + [s for s in names if s not in PRIORITY]
+
+
+def cell_name(regime, scheme, layers, seed):
+    return f"{regime}_{scheme}_{layers}_seed{seed}"
+
+
+# ---- data --------------------------------------------------------------------------------------------------------
+def prepare_data(work, raw_dir):
+    data = os.path.join(work, "data")
+    need = [os.path.join(data, "data-bin", "dict.en.txt"), os.path.join(data, "data-bin", "test.en-de.de.bin"),
+            os.path.join(data, "spm.model"), os.path.join(data, "test.raw.de")]
+    if not all(os.path.exists(p) for p in need):
+        log(f"preparing Multi30k En-De in {data} (sentencepiece 8k) from {raw_dir}")
+        env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+        subprocess.run(["bash", os.path.join(ROOT, "data-prep", "prepare-multi30k.sh"), "--out", data,
+                        "--raw-dir", raw_dir, "--vocab-size", "8000"], check=True, env=env)
+    return data
+
+
+def unigram_baseline(data):
+    """Cross-entropy (bits/token) of valid targets under the training targets' unigram distribution (add-1),
+    the level a model that ignores its input stalls at. Cached in data/unigram.json."""
+    cache = os.path.join(data, "unigram.json")
+    if os.path.exists(cache):
+        return json.load(open(cache))
+    from collections import Counter
+    from fairseq.data import Dictionary, data_utils
+    d = Dictionary.load(os.path.join(data, "data-bin", "dict.de.txt"))
+    counts = {}
+    for split in ("train", "valid"):
+        ds = data_utils.load_indexed_dataset(os.path.join(data, "data-bin", f"{split}.en-de.de"), d)
+        c = Counter()
+        for i in range(len(ds)):
+            c.update(ds[i].tolist())
+        counts[split] = c
+    total = sum(counts["train"].values()) + len(d)
+    ce = -sum(n * math.log2((counts["train"].get(t, 0) + 1) / total) for t, n in counts["valid"].items())
+    out = {"valid_unigram_bits": ce / sum(counts["valid"].values()),
+           "vocab": len(d), "note": "cross-entropy of valid targets (incl. EOS) under train unigram, add-1"}
+    json.dump(out, open(cache, "w"), indent=1)
+    return out
+
+
+# ---- one cell ----------------------------------------------------------------------------------------------------
+def train_command(args, data, save_dir, regime, scheme, layers, seed):
+    enc, dec = layers.split("-")
+    cmd = [sys.executable, "-m", "fairseq_cli.train", os.path.join(data, "data-bin"),
+           "--user-dir", os.path.join(ROOT, "fairseq_admin"), "--task", "admin_translation",
+           "--arch", f"{scheme}_transformer", "--encoder-layers", enc, "--decoder-layers", dec,
+           *MODEL_ARGS, *REGIMES[regime]["args"],
+           "--max-tokens", str(args.max_tokens), "--max-update", str(args.max_update), "--seed", str(seed),
+           "--cpu", "--num-workers", "0", "--save-dir", save_dir,
+           "--validate-interval-updates", str(args.validate_interval), "--save-interval-updates",
+           str(args.validate_interval), "--keep-interval-updates", "1", "--no-epoch-checkpoints",
+           "--log-format", "json", "--log-interval", str(args.log_interval)]
+    if scheme == "admin":
+        cmd += ["--admin-profile-save", os.path.join(save_dir, "profile.ratio.init")]
+    return cmd
+
+
+LINE = re.compile(r"\| (train_inner|train|valid) \| (\{.*\})\s*$")
+
+
+def _f(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def parse_log(path):
+    """Training (train_inner) and validation curves from a fairseq --log-format json log; later lines for the same
+    update (a resumed segment) replace earlier ones."""
+    train, valid, fpe = {}, {}, None
+    if not os.path.exists(path):
+        return [], [], None
+    for line in open(path, errors="replace"):
+        if "FloatingPointError" in line or "gradients are Nan/Inf" in line or "Minimum loss scale reached" in line:
+            fpe = line.strip()[-200:]
+        m = LINE.search(line)
+        if not m:
+            continue
+        kind, blob = m.groups()
+        try:
+            rec = json.loads(blob)
+        except json.JSONDecodeError:
+            continue
+        if kind == "train_inner":
+            u = int(_f(rec.get("num_updates")))
+            train[u] = {"update": u, "loss": _f(rec.get("loss")), "nll_loss": _f(rec.get("nll_loss")),
+                        "gnorm": _f(rec.get("gnorm")), "lr": _f(rec.get("lr")), "wps": _f(rec.get("wps"))}
+        elif kind == "valid":
+            u = int(_f(rec.get("valid_num_updates")))
+            valid[u] = {"update": u, "loss": _f(rec.get("valid_loss")), "nll_loss": _f(rec.get("valid_nll_loss"))}
+    return [train[k] for k in sorted(train)], [valid[k] for k in sorted(valid)], fpe
+
+
+def judge(train, valid, fpe, unigram_bits, jump_bits=2.0):
+    """divergence: a non-finite loss/gradient (fairseq stops with FloatingPointError), or a validation loss more
+    than ``jump_bits`` above its best so far (explosion). stall: final valid nll within 0.5 bit of the unigram
+    level (the model ignores its input, METHODS.md's deep Post-LN failure)."""
+    diverged_at, reason = None, None
+    for p in train:
+        if not math.isfinite(p["loss"]) or math.isinf(p["gnorm"]):
+            diverged_at, reason = p["update"], "non-finite training loss"
+            break
+    if diverged_at is None:
+        best = float("inf")
+        for p in valid:
+            if not math.isfinite(p["loss"]):
+                diverged_at, reason = p["update"], "non-finite validation loss"
+                break
+            if p["loss"] > best + jump_bits:
+                diverged_at, reason = p["update"], f"validation loss rose {p['loss'] - best:.2f} bits above its best"
+                break
+            best = min(best, p["loss"])
+    if diverged_at is None and fpe:
+        diverged_at = (train[-1]["update"] if train else 0)
+        reason = "fairseq stopped: " + fpe
+    final = valid[-1] if valid else None
+    stalled = bool(final and unigram_bits and math.isfinite(final["nll_loss"])
+                   and final["nll_loss"] > unigram_bits - 0.5)
+    return {"diverged": diverged_at is not None, "diverged_at_update": diverged_at, "divergence_reason": reason,
+            "stalled_near_unigram": stalled}
+
+
+class LoadSampler(threading.Thread):
+    """Samples the 1-minute load average every ``period`` seconds while a training runs."""
+
+    def __init__(self, period=30):
+        super().__init__(daemon=True)
+        self.period, self.samples, self._stop_evt = period, [os.getloadavg()[0]], threading.Event()
+
+    def run(self):
+        while not self._stop_evt.wait(self.period):
+            self.samples.append(os.getloadavg()[0])
+
+    def stop(self):
+        self._stop_evt.set()
+        self.samples.append(os.getloadavg()[0])
+        return self.samples
+
+
+def checkpoint_updates(path):
+    import torch
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return int(state["optimizer_history"][-1]["num_updates"])
+
+
+def generate_bleu(args, data, ckpt, out_dir):
+    """Beam 4 / lenpen 0.6 on test_2016_flickr (every sentence: --required-batch-size-multiple 1), sentencepiece
+    decoding, sacreBLEU (13a) against the raw references. Output length is capped at 1.2*src+10 tokens so that a
+    stalled model cannot spend minutes on 200-token hypotheses (Multi30k references are short)."""
+    import sacrebleu
+    import sentencepiece as spm
+    cmd = [sys.executable, "-m", "fairseq_cli.generate", os.path.join(data, "data-bin"),
+           "--user-dir", os.path.join(ROOT, "fairseq_admin"), "--task", "admin_translation",
+           "--path", ckpt, "--gen-subset", "test", "--beam", "4", "--lenpen", "0.6",
+           "--max-len-a", "1.2", "--max-len-b", "10", "--max-tokens", "6000",
+           "--required-batch-size-multiple", "1", "--cpu", "--num-workers", "0"]
+    t0 = time.time()
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    gen_s = time.time() - t0
+    with open(os.path.join(out_dir, "generate.out"), "w") as f:
+        f.write(res.stdout)
+        f.write(res.stderr[-20000:])
+    if res.returncode != 0:
+        raise RuntimeError(f"fairseq-generate failed ({res.returncode}): {res.stderr[-2000:]}")
+    hyps = {}
+    for line in res.stdout.splitlines():
+        if line.startswith("H-"):
+            head, _score, text = (line.split("\t") + ["", ""])[:3]
+            hyps[int(head[2:])] = text
+    refs = open(os.path.join(data, "test.raw.de"), encoding="utf-8").read().rstrip("\n").split("\n")
+    if len(hyps) != len(refs) or sorted(hyps) != list(range(len(refs))):
+        raise RuntimeError(f"{len(hyps)} hypotheses for {len(refs)} references")
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(data, "spm.model"))
+    detok = [sp.decode_pieces(hyps[i].split()) for i in range(len(refs))]
+    with open(os.path.join(out_dir, "test.hyp.de"), "w", encoding="utf-8") as f:
+        f.write("\n".join(detok) + "\n")
+    metric = sacrebleu.BLEU()
+    bleu = metric.corpus_score(detok, [refs])
+    sig = str(metric.get_signature())
+    return {"bleu": round(bleu.score, 2), "bleu_str": str(bleu), "signature": sig, "generate_seconds": round(gen_s, 1),
+            "sentences": len(refs), "generate_command": " ".join(cmd)}
+
+
+def run_cell(args, data, unigram, regime, scheme, layers, seed):
+    name = cell_name(regime, scheme, layers, seed)
+    result_path = os.path.join(args.results, name + ".json")
+    run_dir = os.path.join(args.work, "runs", name)
+    save_dir = os.path.join(run_dir, "checkpoints")
+    state_path = os.path.join(run_dir, "state.json")
+    train_log = os.path.join(run_dir, "train.log")
+    if os.path.exists(result_path):
+        done = json.load(open(result_path))
+        if done.get("max_update") == args.max_update or not args.rerun_other_budget:
+            log(f"{name}: finished ({done.get('max_update')} updates) -> skip")
+            return "skipped"
+    cmd = train_command(args, data, save_dir, regime, scheme, layers, seed)
+    state = json.load(open(state_path)) if os.path.exists(state_path) else {"segments": []}
+    resumed = os.path.exists(os.path.join(save_dir, "checkpoint_last.pt"))
+    if args.dry_run:
+        log(f"{name}: would {'RESUME' if resumed else 'start'}: " + " ".join(map(_q, cmd)))
+        return "planned"
+    os.makedirs(save_dir, exist_ok=True)
+    ckpt = os.path.join(save_dir, "checkpoint_last.pt")
+    if resumed and checkpoint_updates(ckpt) >= args.max_update:
+        # trained to the budget, stopped before evaluation: fairseq would add one more update if started again
+        log(f"{name}: checkpoint_last.pt already at the budget; evaluating only")
+        rc = 0
+    else:
+        rc = _train(args, name, cmd, train_log, state, state_path, resumed)
+    return _finish(args, data, unigram, regime, scheme, layers, seed, name, cmd, rc, result_path, run_dir, save_dir,
+                   state, train_log)
+
+
+def _want_threads(args, own=0):
+    """2 torch threads when the cores are free, else 1: two OpenMP threads on busy cores spin at their barriers and
+    ran ~8x slower here (70 against 540 target tokens/s under a load of 7). ``own``: threads of our own training,
+    part of the load average."""
+    if args.threads:
+        return args.threads
+    return 2 if os.getloadavg()[0] - own < (os.cpu_count() or 2) - 1.5 else 1
+
+
+def _train(args, name, cmd, train_log, state, state_path, resumed):
+    """Runs fairseq-train in segments: with --threads 0, after each saved checkpoint the thread count is re-chosen
+    from the load, and fairseq is restarted from checkpoint_last.pt when it should change (at most 4 times)."""
+    restarts = 0
+    threads = _want_threads(args)
+    ckpt = os.path.join(os.path.dirname(train_log), "checkpoints", "checkpoint_last.pt")
+    while True:
+        log(f"{name}: {'resuming' if resumed else 'starting'} training ({args.max_update} updates), {threads} torch "
+            f"thread(s), load {os.getloadavg()[0]:.2f}; log {train_log}")
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+                   PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        sampler = LoadSampler()
+        sampler.start()
+        t0 = time.time()
+        switched = False
+        with open(train_log, "a") as logf:
+            logf.write(f"\n#### depth_grid segment {datetime.now(timezone.utc).isoformat()} resumed={resumed} "
+                       f"threads={threads}\n" + " ".join(map(_q, cmd)) + "\n")
+            logf.flush()
+            saved = _count(train_log, "Saved checkpoint")
+            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+            while proc.poll() is None:
+                time.sleep(10)
+                n = _count(train_log, "Saved checkpoint")
+                if n > saved:
+                    saved = n
+                    want = _want_threads(args, own=threads)
+                    last = _last_saved_update(train_log)
+                    if (not args.threads and restarts < 4 and want != threads
+                            and last is not None and last < args.max_update):  # never at the final checkpoint
+                        log(f"{name}: load {os.getloadavg()[0]:.2f}: restarting from the checkpoint just saved "
+                            "with another thread count")
+                        proc.terminate()
+                        proc.wait()
+                        switched = True
+                        restarts += 1
+                        next_threads = want
+            rc = proc.returncode
+        seconds = time.time() - t0
+        loads = sampler.stop()
+        state["segments"].append({"start": datetime.fromtimestamp(t0, timezone.utc).isoformat(), "seconds": seconds,
+                                  "rc": rc, "resumed": resumed, "threads": threads, "switched": switched,
+                                  "load1_mean": sum(loads) / len(loads), "load1_max": max(loads)})
+        json.dump(state, open(state_path, "w"), indent=1)
+        if not switched:
+            return rc
+        resumed = True
+        threads = next_threads
+        if os.path.exists(ckpt) and checkpoint_updates(ckpt) >= args.max_update:
+            return 0  # the budget was reached: restarting would make fairseq train one more update
+
+
+SAVED = re.compile(r"Saved checkpoint .*@ (\d+) updates")
+
+
+def _last_saved_update(path):
+    last = None
+    try:
+        for line in open(path, errors="replace"):
+            m = SAVED.search(line)
+            if m:
+                last = int(m.group(1))
+    except OSError:
+        pass
+    return last
+
+
+def _count(path, needle):
+    try:
+        return sum(needle in line for line in open(path, errors="replace"))
+    except OSError:
+        return 0
+
+
+def _finish(args, data, unigram, regime, scheme, layers, seed, name, cmd, rc, result_path, run_dir, save_dir, state,
+            train_log):
+    train, valid, fpe = parse_log(train_log)
+    verdict = judge(train, valid, fpe, unigram.get("valid_unigram_bits"))
+    if rc != 0 and not fpe:
+        raise RuntimeError(f"{name}: fairseq-train exited {rc} without a floating-point error; see {train_log} "
+                           "(re-run to resume)")
+    ckpt = os.path.join(save_dir, "checkpoint_last.pt")
+    ckpt_updates = checkpoint_updates(ckpt) if os.path.exists(ckpt) else None
+    if rc == 0 and (ckpt_updates or 0) < args.max_update:
+        raise RuntimeError(f"{name}: checkpoint_last.pt is at update {ckpt_updates}, not {args.max_update}")
+    evaluation = None
+    if ckpt_updates:
+        log(f"{name}: decoding test_2016_flickr from checkpoint_last.pt (update {ckpt_updates})")
+        evaluation = generate_bleu(args, data, ckpt, run_dir)
+    segs = state["segments"]
+    total_s = sum(s["seconds"] for s in segs)
+    result = {
+        "cell": name, "regime": regime, "regime_desc": REGIMES[regime]["desc"], "scheme": scheme, "layers": layers,
+        "seed": seed, "max_update": args.max_update, "max_tokens": args.max_tokens,
+        "validate_interval": args.validate_interval,
+        "completed_updates": ckpt_updates, "fairseq_rc": rc,
+        **verdict,
+        "final_valid_loss": valid[-1]["loss"] if valid else None,
+        "final_valid_nll_loss": valid[-1]["nll_loss"] if valid else None,
+        "best_valid_loss": min((p["loss"] for p in valid if math.isfinite(p["loss"])), default=None),
+        "unigram_valid_bits": unigram.get("valid_unigram_bits"),
+        "bleu": evaluation["bleu"] if evaluation else None, "evaluation": evaluation,
+        "evaluated_checkpoint": f"checkpoint_last.pt (update {ckpt_updates})" if ckpt_updates else None,
+        "train_wall_seconds": round(total_s, 1),
+        "train_segments": segs,
+        "load1_mean": round(sum(s["load1_mean"] * s["seconds"] for s in segs) / max(total_s, 1e-9), 2),
+        "load1_max": round(max(s["load1_max"] for s in segs), 2),
+        "mean_wps_logged": _mean([p["wps"] for p in train]),
+        "valid_curve": valid, "train_curve": train,
+        "profile_ratio_init": _read(os.path.join(save_dir, "profile.ratio.init")),
+        "command": " ".join(map(_q, cmd)),
+        "finished_utc": datetime.now(timezone.utc).isoformat(),
+        "code": _code_version(),
+        "host": {"nproc": os.cpu_count(), "torch_threads": sorted({x.get("threads") for x in segs}, key=str)},
+    }
+    os.makedirs(args.results, exist_ok=True)
+    tmp = result_path + ".tmp"
+    json.dump(result, open(tmp, "w"), indent=1, allow_nan=True)
+    os.replace(tmp, result_path)
+    log(f"{name}: final valid loss {result['final_valid_loss']}, BLEU {result['bleu']}, diverged {result['diverged']}"
+        f", stalled {result['stalled_near_unigram']}, {total_s / 60:.1f} min, load {result['load1_mean']}")
+    if not args.keep_checkpoints:
+        shutil.rmtree(save_dir, ignore_errors=True)
+    return "done"
+
+
+def _code_version():
+    def git(*a):
+        r = subprocess.run(["git", "-C", ROOT, *a], capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else None
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "fairseq_admin_uncommitted": git("status", "--porcelain", "--", "fairseq_admin")}
+
+
+def _mean(xs):
+    xs = [x for x in xs if math.isfinite(x)]
+    return round(sum(xs) / len(xs), 1) if xs else None
+
+
+def _read(path):
+    return open(path).read() if os.path.exists(path) else None
+
+
+def _q(s):
+    return s if re.fullmatch(r"[\w./=:,+-]+", s) else "'" + s.replace("'", "'\\''") + "'"
+
+
+# ---- rendering (from result files only) --------------------------------------------------------------------------
+def render(results_dir, out_md=None):
+    files = sorted(glob.glob(os.path.join(results_dir, "*_seed*.json")))
+    rows = [json.load(open(f)) for f in files]
+    order = {s: i for i, s in enumerate(PRIORITY)}
+    rows.sort(key=lambda r: (-int(r["layers"].split("-")[0]), list(REGIMES).index(r["regime"]) if r["regime"] in
+                             REGIMES else 9, order.get(r["scheme"], 99), r["seed"]))
+    lines = ["| regime | layers | scheme | seed | updates | final valid loss (nll) | best valid loss | diverged | "
+             "stalled near unigram | BLEU (sacreBLEU, test_2016_flickr) | train min | load (1-min mean/max) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        div = f"yes @{r['diverged_at_update']}" if r["diverged"] else "no"
+        lines.append(
+            f"| {r['regime']} | {r['layers']} | {r['scheme']} | {r['seed']} | {r['completed_updates']} | "
+            f"{_fmt(r['final_valid_loss'])} ({_fmt(r['final_valid_nll_loss'])}) | {_fmt(r['best_valid_loss'])} | "
+            f"{div} | {'yes' if r['stalled_near_unigram'] else 'no'} | {_fmt(r['bleu'])} | "
+            f"{r['train_wall_seconds'] / 60:.1f} | {r['load1_mean']}/{r['load1_max']} |")
+    md = "\n".join(lines) + "\n"
+    if rows and rows[0].get("unigram_valid_bits"):
+        md += (f"\nLosses in bits/token (fairseq's label-smoothed loss; nll in parentheses). Unigram level of the "
+               f"valid targets: {rows[0]['unigram_valid_bits']:.2f} bits.\n")
+    pngs = plot(rows, results_dir)
+    if out_md:
+        open(out_md, "w").write(md)
+    return md, pngs
+
+
+def _fmt(x):
+    return "—" if x is None else (f"{x:.2f}" if isinstance(x, float) else str(x))
+
+
+def plot(rows, results_dir):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["regime"], r["layers"]), []).append(r)
+    out = []
+    for (regime, layers), rs in groups.items():
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+        for r in rs:
+            label = f"{r['scheme']} s{r['seed']}" + (" (diverged)" if r["diverged"] else "")
+            v = [p for p in r["valid_curve"] if math.isfinite(p["loss"])]
+            ax1.plot([p["update"] for p in v], [p["loss"] for p in v], marker="o", label=label)
+            t = [p for p in r["train_curve"] if math.isfinite(p["loss"])]
+            ax2.plot([p["update"] for p in t], [p["loss"] for p in t], label=label)
+        if rs[0].get("unigram_valid_bits"):
+            ax1.axhline(rs[0]["unigram_valid_bits"], color="grey", ls="--", lw=0.8, label="unigram (nll)")
+        ax1.set(title=f"valid loss — {regime}, {layers}", xlabel="update", ylabel="bits/token")
+        ax2.set(title=f"train loss — {regime}, {layers}", xlabel="update", ylabel="bits/token")
+        ax1.legend(fontsize=8)
+        ax2.legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(results_dir, f"{regime}_{layers}.png")
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        out.append(path)
+    return out
+
+
+# ---- main ----------------------------------------------------------------------------------------------------------
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default=DEFAULT_WORK, help="data, checkpoints and logs (default benchmarks/work)")
+    p.add_argument("--results", default=DEFAULT_RESULTS, help="result JSONs (default benchmarks/results/grid)")
+    p.add_argument("--raw-dir", default=DEFAULT_RAW, help="raw Multi30k (default ../shared/data/multi30k)")
+    p.add_argument("--schemes", default=None, help="comma list (default: every scheme of fairseq_admin.schemes."
+                                                   "SCHEMES, in the order " + ",".join(PRIORITY) + ")")
+    p.add_argument("--layers", default="18-18,6-6", help="comma list of N-M (default 18-18,6-6)")
+    p.add_argument("--regimes", default="standard,aggressive", help="comma list of " + ",".join(REGIMES))
+    p.add_argument("--seeds", default="1", help="comma list (default 1)")
+    p.add_argument("--cells", default=None,
+                   help="explicit comma list of cells in the order to run, e.g. aggressive_preln_18-18_seed1,"
+                        "standard_b2t_18-18_seed1 (overrides --schemes/--layers/--regimes/--seeds)")
+    p.add_argument("--max-update", type=int, default=300)
+    p.add_argument("--max-tokens", type=int, default=3500)
+    p.add_argument("--validate-interval", type=int, default=50, help="updates between validations and checkpoints")
+    p.add_argument("--log-interval", type=int, default=10)
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads per training; 0 (default): 2 when the 1-min load is below nproc-0.5 at the "
+                        "start of a segment, else 1 (2 OpenMP threads on busy cores spin and run ~5x slower)")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoints of finished cells")
+    p.add_argument("--rerun-other-budget", action="store_true",
+                   help="re-run finished cells whose max_update differs from --max-update")
+    p.add_argument("--stop-after", default=None,
+                   help="UTC time HH:MM after which no new cell is started (a running one finishes)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and the commands; run nothing")
+    p.add_argument("--render", action="store_true", help="only render RESULTS/TABLE.md and PNGs from result files")
+    args = p.parse_args(argv)
+    args.work, args.results = os.path.abspath(args.work), os.path.abspath(args.results)
+
+    if args.render:
+        md, pngs = render(args.results, os.path.join(args.results, "TABLE.md"))
+        print(md)
+        print("\n".join("wrote " + x for x in pngs + [os.path.join(args.results, "TABLE.md")]))
+        return 0
+
+    known = available_schemes()
+    schemes = args.schemes.split(",") if args.schemes else known
+    for s in schemes:
+        if s not in known:
+            p.error(f"unknown scheme {s!r}; fairseq_admin.schemes.SCHEMES has {', '.join(known)}")
+    regimes = args.regimes.split(",")
+    for r in regimes:
+        if r not in REGIMES:
+            p.error(f"unknown regime {r!r}; choose from {', '.join(REGIMES)}")
+    layers = args.layers.split(",")
+    for l in layers:
+        if not re.fullmatch(r"\d+-\d+", l):
+            p.error(f"--layers entries look like 18-18, got {l!r}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    # order: depth, then scheme, then regime, then seed -> the deep cells of each scheme in both regimes first
+    cells = [(r, s, l, k) for l in layers for s in schemes for r in regimes for k in seeds]
+    if args.cells:
+        cells = []
+        for c in args.cells.split(","):
+            m = re.fullmatch(r"([a-z]+)_([a-z0-9]+)_(\d+-\d+)_seed(\d+)", c)
+            if not m or m.group(1) not in REGIMES or m.group(2) not in known:
+                p.error(f"--cells: bad cell {c!r} (REGIME_SCHEME_N-M_seedK)")
+            cells.append((m.group(1), m.group(2), m.group(3), int(m.group(4))))
+    os.makedirs(args.work, exist_ok=True)
+
+    if args.dry_run:
+        data = os.path.join(args.work, "data")
+        log(f"dry run: {len(cells)} cells, data {data}"
+            f"{'' if os.path.exists(os.path.join(data, 'data-bin')) else ' (would be prepared)'}")
+        for c in cells:
+            run_cell(args, data, {}, *c)
+        return 0
+
+    lock = open(os.path.join(args.work, "grid.lock"), "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        sys.exit(f"another depth_grid process holds {lock.name}: only one training at a time on this machine")
+    data = prepare_data(args.work, args.raw_dir)
+    unigram = unigram_baseline(data)
+    log(f"{len(cells)} cells; unigram level {unigram['valid_unigram_bits']:.2f} bits")
+    counts = {}
+    for c in cells:
+        if args.stop_after:
+            now = datetime.now(timezone.utc).strftime("%H:%M")
+            if now >= args.stop_after and not os.path.exists(os.path.join(args.results, cell_name(*c) + ".json")):
+                log(f"it is {now}Z, past --stop-after {args.stop_after}: not starting {cell_name(*c)}")
+                counts["not started"] = counts.get("not started", 0) + 1
+                continue
+        status = run_cell(args, data, unigram, *c)
+        counts[status] = counts.get(status, 0) + 1
+    log(f"grid done: {counts}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Renders the depth/stability grid from its result files only: a markdown table and PNG validation/training curves.
+set -euo pipefail
+
+usage() {
+  cat <<'USAGE'
+usage: bash benchmarks/render_grid.sh [--results DIR] [-h|--help]
+
+Reads RESULTS/*_seed*.json (default benchmarks/results/grid, written by benchmarks/run_grid.sh), prints a markdown
+table (regime, layers, scheme, seed, updates, final / best valid loss, divergence, stall near the unigram level,
+sacreBLEU on test_2016_flickr, training minutes, machine load) and writes RESULTS/TABLE.md and one PNG per
+(regime, layers): RESULTS/<regime>_<layers>.png with the validation and training loss curves of every scheme.
+Nothing is trained or decoded; it runs in seconds and can run while the grid is still training.
+Environment: PYTHON (default: the project's .venv/bin/python, else python3; needs matplotlib).
+USAGE
+}
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x "$root/.venv/bin/python" ]; then PYTHON="$root/.venv/bin/python"; else PYTHON=$(command -v python3); fi
+fi
+args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -h|--help) usage; exit 0 ;;
+    --results) [ $# -ge 2 ] || { echo "render_grid.sh: --results needs a value" >&2; exit 2; }; args+=("$1" "$2"); shift 2 ;;
+    *) echo "render_grid.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+  esac
+done
+exec "$PYTHON" "$root/benchmarks/depth_grid.py" --render ${args[@]+"${args[@]}"}
