@@ -107,7 +107,7 @@ def profile_model(model, sample) -> Tuple[List[float], List[float]]:
                 scheme.profiler = None
     values = profilers["encoder"].values, profilers["decoder"].values
     for stack, got in zip(profilers, values):
-        expected = sum(len(s.sublayers) for s in schemes[stack])
+        expected = _num_sublayers(schemes[stack])
         if len(got) != expected:
             raise RuntimeError(f"profiling visited {len(got)} of the {expected} {stack} sublayers: the batch did not "
                                f"run through every sublayer")
@@ -133,7 +133,7 @@ def apply_profile(model, encoder_values: Sequence[float], decoder_values: Sequen
     model = unwrap_model(model)
     for stack, values in (("encoder", encoder_values), ("decoder", decoder_values)):
         layers = model.scheme_layers(stack)
-        expected = sum(len(s.sublayers) for s in layers)
+        expected = _num_sublayers(layers)
         if len(values) != expected:
             raise ValueError(f"{stack}: expected {expected} ω values, found {len(values)}")
         it = iter(values)
@@ -147,7 +147,12 @@ def apply_profile(model, encoder_values: Sequence[float], decoder_values: Sequen
 def profile_sizes(model) -> Tuple[int, int]:
     """(2N, 3M): the number of encoder and decoder residual sublayers, i.e. the profile's line counts."""
     model = unwrap_model(model)
-    return tuple(sum(len(s.sublayers) for s in model.scheme_layers(stack)) for stack in ("encoder", "decoder"))
+    return tuple(_num_sublayers(model.scheme_layers(stack)) for stack in ("encoder", "decoder"))
+
+
+def _num_sublayers(schemes) -> int:
+    """Residual sublayers of a stack: the number of ω values (and profile lines) it has."""
+    return sum(len(s.sublayers) for s in schemes)
 
 
 def write_profile(path: str, encoder_values: Sequence[float], decoder_values: Sequence[float]) -> None:
