@@ -29,6 +29,8 @@ import time
 from datetime import datetime, timezone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+from cost import code_version  # noqa: E402  (benchmarks/ is on sys.path when this script runs)
 DEFAULT_WORK = os.path.join(ROOT, "benchmarks", "work")
 DEFAULT_RESULTS = os.path.join(ROOT, "benchmarks", "results", "grid")
 DEFAULT_RAW = os.path.join(os.path.dirname(ROOT), "shared", "data", "multi30k")
@@ -401,7 +403,7 @@ def _finish(args, data, unigram, regime, scheme, layers, seed, name, cmd, rc, re
         "profile_ratio_init": _read(os.path.join(save_dir, "profile.ratio.init")),
         "command": " ".join(map(_q, cmd)),
         "finished_utc": datetime.now(timezone.utc).isoformat(),
-        "code": _code_version(),
+        "code": code_version(),
         "host": {"nproc": os.cpu_count(), "torch_threads": sorted({x.get("threads") for x in segs}, key=str)},
     }
     os.makedirs(args.results, exist_ok=True)
@@ -413,14 +415,6 @@ def _finish(args, data, unigram, regime, scheme, layers, seed, name, cmd, rc, re
     if not args.keep_checkpoints:
         shutil.rmtree(save_dir, ignore_errors=True)
     return "done"
-
-
-def _code_version():
-    def git(*a):
-        r = subprocess.run(["git", "-C", ROOT, *a], capture_output=True, text=True)
-        return r.stdout.strip() if r.returncode == 0 else None
-    return {"commit": git("rev-parse", "--short", "HEAD"),
-            "fairseq_admin_uncommitted": git("status", "--porcelain", "--", "fairseq_admin")}
 
 
 def _mean(xs):
