@@ -14,6 +14,12 @@ buffer. Its initial value comes from one of:
       O(logn):  ω = sqrt((n + 1) / ln(n + 1) − 1)    (admin-torch's default)
       O(1):     ω = sqrt(n)
       O(n):     ω = 1                                  (plain Post-LN)
+
+Initialization: the official code (Transformer-Clinic, built on fairseq 0.9) creates fc1/fc2 with fairseq 0.9's
+``Linear``: Xavier-uniform weights and zero biases. fairseq main builds them as plain ``nn.Linear`` (PyTorch's
+default: U(±1/sqrt(fan_in)) weights, i.e. fc2 2.2x smaller than Xavier at ffn = 4d, and *nonzero* biases).
+``--admin-ffn-init xavier`` (default) restores the paper's initialization before ω is profiled; ``fairseq`` keeps
+fairseq main's.
 """
 import math
 
@@ -28,6 +34,7 @@ CLOSED_FORMS = {
     "O(n)": lambda n: 1.0,
 }
 INIT_CHOICES = ("profile",) + tuple(CLOSED_FORMS)
+FFN_INIT_CHOICES = ("xavier", "fairseq")
 
 
 def closed_form_omega(num_residual_sublayers: int, output_change: str) -> float:
@@ -53,6 +60,7 @@ class Admin(ResidualScheme):
         else:
             self.register_buffer("omega", torch.full((len(sublayers),), value))
         self.profiler = None  # set by fairseq_admin.profiling while a profiling forward runs
+        self.ffn_init = getattr(cfg, "admin_ffn_init", None) or "xavier"
 
     @staticmethod
     def add_args(parser):
@@ -65,6 +73,10 @@ class Admin(ResidualScheme):
         parser.add_argument("--admin-omega", choices=("vector", "scalar"),
                             help="admin: ω as a learnable per-dimension vector (default, the paper's) or a fixed "
                                  "scalar buffer per sublayer")
+        parser.add_argument("--admin-ffn-init", choices=FFN_INIT_CHOICES,
+                            help="admin: fc1/fc2 initialization. 'xavier' (default): Xavier-uniform weights and zero "
+                                 "biases, as the official Admin code (fairseq 0.9's Linear); 'fairseq': fairseq "
+                                 "main's nn.Linear default")
 
     @classmethod
     def check_args(cls, args):
@@ -76,6 +88,8 @@ class Admin(ResidualScheme):
             raise ValueError(f"unknown --admin-init {init!r}; choose one of {', '.join(INIT_CHOICES)}")
         if getattr(args, "admin_omega", "vector") not in ("vector", "scalar"):
             raise ValueError(f"unknown --admin-omega {args.admin_omega!r}; choose 'vector' or 'scalar'")
+        if (getattr(args, "admin_ffn_init", None) or "xavier") not in FFN_INIT_CHOICES:
+            raise ValueError(f"unknown --admin-ffn-init {args.admin_ffn_init!r}; choose 'xavier' or 'fairseq'")
         if init == "profile" and (getattr(args, "encoder_layerdrop", 0) or getattr(args, "decoder_layerdrop", 0)):
             raise ValueError("--admin-init profile walks every sublayer in order; it cannot run with "
                              "--encoder-layerdrop/--decoder-layerdrop. Use a closed form (--admin-init O(logn)).")
@@ -83,6 +97,12 @@ class Admin(ResidualScheme):
     @classmethod
     def requires_profiling(cls, args) -> bool:
         return getattr(args, "admin_init", "profile") == "profile"
+
+    def init_layer(self, layer: nn.Module) -> None:
+        if self.ffn_init == "xavier":  # the official code's fc1/fc2 (see the module docstring)
+            for fc in (layer.fc1, layer.fc2):
+                nn.init.xavier_uniform_(fc.weight)
+                nn.init.zeros_(fc.bias)
 
     def combine(self, sublayer: int, branch: Tensor, shortcut: Tensor) -> Tensor:
         if self.profiler is not None:
