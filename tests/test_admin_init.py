@@ -52,7 +52,8 @@ def test_only_the_ffns_change():
     torch.manual_seed(0)
     plain = build_model("admin_transformer", "--admin-init", "O(logn)", "--admin-ffn-init", "fairseq", *DIMS,
                         layers=(2, 2))
+    plain_params = dict(plain.encoder.layers[0].named_parameters())
     for name, p in xavier.encoder.layers[0].named_parameters():
         if not name.startswith(("fc1", "fc2")):
-            assert torch.equal(p, dict(plain.encoder.layers[0].named_parameters())[name]), name
+            assert torch.equal(p, plain_params[name]), name
     assert torch.equal(xavier.encoder.embed_tokens.weight, plain.encoder.embed_tokens.weight)

@@ -60,7 +60,7 @@ class Admin(ResidualScheme):
         else:
             self.register_buffer("omega", torch.full((len(sublayers),), value))
         self.profiler = None  # set by fairseq_admin.profiling while a profiling forward runs
-        self.ffn_init = getattr(cfg, "admin_ffn_init", None) or "xavier"
+        self.ffn_init = getattr(cfg, "admin_ffn_init", "xavier")
 
     @staticmethod
     def add_args(parser):
@@ -88,8 +88,9 @@ class Admin(ResidualScheme):
             raise ValueError(f"unknown --admin-init {init!r}; choose one of {', '.join(INIT_CHOICES)}")
         if getattr(args, "admin_omega", "vector") not in ("vector", "scalar"):
             raise ValueError(f"unknown --admin-omega {args.admin_omega!r}; choose 'vector' or 'scalar'")
-        if (getattr(args, "admin_ffn_init", None) or "xavier") not in FFN_INIT_CHOICES:
-            raise ValueError(f"unknown --admin-ffn-init {args.admin_ffn_init!r}; choose 'xavier' or 'fairseq'")
+        if getattr(args, "admin_ffn_init", "xavier") not in FFN_INIT_CHOICES:
+            raise ValueError(f"unknown --admin-ffn-init {args.admin_ffn_init!r}; "
+                             f"choose one of {', '.join(FFN_INIT_CHOICES)}")
         if init == "profile" and (getattr(args, "encoder_layerdrop", 0) or getattr(args, "decoder_layerdrop", 0)):
             raise ValueError("--admin-init profile walks every sublayer in order; it cannot run with "
                              "--encoder-layerdrop/--decoder-layerdrop. Use a closed form (--admin-init O(logn)).")
