@@ -22,7 +22,7 @@ Every step is skipped or resumed when re-run: an interrupted training run contin
   --out DIR        where data, checkpoints and results go (default: quickstart/)
   --layers N-M     encoder-decoder depth (default 18-6: a deep encoder, a shallow decoder; 18-18 trains ~1.7x
                    slower per update)
-  --max-update N   training updates (default 1000, ~3k target tokens each, ~7 epochs)
+  --max-update N   training updates (default 1000, ~3k target tokens each, ~6.5 epochs)
   --scheme S       residual scheme: admin (default), postln, preln, b2t (for comparison)
 USAGE
 }
