@@ -170,6 +170,7 @@ def test_profile_load_sets_omega_from_file(synthetic_data, tmp_path):
     (["--residual-scheme", "deepish"], "invalid choice: 'deepish'"),
     (["--admin-init", "O(n^2)"], "invalid choice: 'O(n^2)'"),
     (["--admin-ffn-init", "kaiming"], "invalid choice: 'kaiming'"),
+    (["--b2t-ffn-init", "kaiming"], "invalid choice: 'kaiming'"),
     (["--residual-scheme", "b2t"], "sets --residual-scheme admin, but --residual-scheme b2t was given"),
     (["--encoder-layerdrop", "0.1"], "cannot run with --encoder-layerdrop"),
 ])

@@ -26,7 +26,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import ResidualScheme
+from .base import FFN_INIT_CHOICES, ResidualScheme, xavier_ffn_
 
 CLOSED_FORMS = {
     "O(logn)": lambda n: math.sqrt((n + 1) / math.log(n + 1) - 1),
@@ -34,7 +34,6 @@ CLOSED_FORMS = {
     "O(n)": lambda n: 1.0,
 }
 INIT_CHOICES = ("profile",) + tuple(CLOSED_FORMS)
-FFN_INIT_CHOICES = ("xavier", "fairseq")
 
 
 def closed_form_omega(num_residual_sublayers: int, output_change: str) -> float:
@@ -101,9 +100,7 @@ class Admin(ResidualScheme):
 
     def init_layer(self, layer: nn.Module) -> None:
         if self.ffn_init == "xavier":  # the official code's fc1/fc2 (see the module docstring)
-            for fc in (layer.fc1, layer.fc2):
-                nn.init.xavier_uniform_(fc.weight)
-                nn.init.zeros_(fc.bias)
+            xavier_ffn_(layer)
 
     def combine(self, sublayer: int, branch: Tensor, shortcut: Tensor) -> Tensor:
         if self.profiler is not None:

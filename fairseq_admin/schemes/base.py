@@ -14,6 +14,23 @@ import torch
 from torch import Tensor, nn
 
 
+#: choices of the schemes' --<scheme>-ffn-init options (see :func:`xavier_ffn_`)
+FFN_INIT_CHOICES = ("xavier", "fairseq")
+
+
+def xavier_ffn_(layer: nn.Module) -> None:
+    """fc1/fc2 as fairseq 0.9's ``Linear`` built them: Xavier-uniform weights, zero biases.
+
+    The official code of Admin (Transformer-Clinic) and of B2T are fairseq 0.9 forks and start from this. fairseq main
+    builds fc1/fc2 as plain ``nn.Linear`` instead: U(±1/sqrt(fan_in)) weights (fc2 2.2x smaller than Xavier at
+    ffn = 4d) and nonzero biases, which shrinks every FFN branch against its shortcut.
+    """
+    with torch.no_grad():
+        for fc in (layer.fc1, layer.fc2):
+            nn.init.xavier_uniform_(fc.weight)
+            nn.init.zeros_(fc.bias)
+
+
 class ResidualScheme(nn.Module):
     """How one Transformer layer joins each sublayer's branch ``f(x)`` to its shortcut ``x``.
 
