@@ -15,6 +15,7 @@ stops a second grid process (2 CPU cores: two trainings would halve each other's
     python benchmarks/depth_grid.py --render            # table + PNG curves from the result files only
 """
 import argparse
+import collections
 import fcntl
 import glob
 import json
@@ -225,8 +226,10 @@ def generate_bleu(args, data, ckpt, out_dir):
            "--path", ckpt, "--gen-subset", "test", "--beam", "4", "--lenpen", "0.6",
            "--max-len-a", "1.2", "--max-len-b", "10", "--max-tokens", "6000",
            "--required-batch-size-multiple", "1", "--cpu", "--num-workers", "0"]
+    threads = _want_threads(args)  # as for training: 2 OpenMP threads on busy cores run several times slower
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     t0 = time.time()
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     gen_s = time.time() - t0
     with open(os.path.join(out_dir, "generate.out"), "w") as f:
         f.write(res.stdout)
@@ -249,7 +252,46 @@ def generate_bleu(args, data, ckpt, out_dir):
     bleu = metric.corpus_score(detok, [refs])
     sig = str(metric.get_signature())
     return {"bleu": round(bleu.score, 2), "bleu_str": str(bleu), "signature": sig, "generate_seconds": round(gen_s, 1),
-            "sentences": len(refs), "generate_command": " ".join(cmd)}
+            "sentences": len(refs), **hypothesis_stats(detok), "generate_threads": threads,
+            "generate_command": " ".join(cmd)}
+
+
+def hypothesis_stats(hyps):
+    """How many different outputs the model gave for its 1,000 different inputs. A model that ignores the source
+    (a fluent target-side language model) can have a loss far below the unigram level and still emit the same few
+    sentences for every input: BLEU alone does not say why it is low, this does."""
+    counts = collections.Counter(hyps)
+    return {"distinct_hypotheses": len(counts), "most_common_hypothesis_count": max(counts.values(), default=0)}
+
+
+def recount_hypotheses(results_dir, work_dirs):
+    """Adds hypothesis_stats to result files written before it existed, from WORK/runs/<cell>/test.hyp.de (kept
+    after a cell finishes). A file whose line count differs from the result's sentence count is refused."""
+    changed = []
+    for path in sorted(glob.glob(os.path.join(results_dir, "*_seed*.json"))):
+        result = json.load(open(path))
+        evaluation = result.get("evaluation")
+        if not evaluation or "distinct_hypotheses" in evaluation:
+            continue
+        for work in work_dirs:
+            hyp_path = os.path.join(work, "runs", result["cell"], "test.hyp.de")
+            if os.path.exists(hyp_path):
+                break
+        else:
+            log(f"{result['cell']}: no test.hyp.de under {', '.join(work_dirs)}; left without hypothesis counts")
+            continue
+        hyps = open(hyp_path, encoding="utf-8").read().rstrip("\n").split("\n")
+        if len(hyps) != evaluation["sentences"]:
+            raise SystemExit(f"{hyp_path}: {len(hyps)} lines, but {path} scored {evaluation['sentences']} sentences")
+        evaluation.update(hypothesis_stats(hyps))
+        evaluation["hypothesis_stats_source"] = f"recounted from {os.path.relpath(hyp_path, ROOT)}"
+        tmp = path + ".tmp"
+        json.dump(result, open(tmp, "w"), indent=1, allow_nan=True)
+        os.replace(tmp, path)
+        changed.append(result["cell"])
+        log(f"{result['cell']}: {evaluation['distinct_hypotheses']} distinct hypotheses "
+            f"(most common x{evaluation['most_common_hypothesis_count']})")
+    return changed
 
 
 def run_cell(args, data, unigram, regime, scheme, layers, seed):
@@ -438,23 +480,56 @@ def render(results_dir, out_md=None):
     rows.sort(key=lambda r: (-int(r["layers"].split("-")[0]), list(REGIMES).index(r["regime"]) if r["regime"] in
                              REGIMES else 9, order.get(r["scheme"], 99), r["seed"]))
     lines = ["| regime | layers | scheme | seed | updates | final valid loss (nll) | best valid loss | diverged | "
-             "stalled near unigram | BLEU (sacreBLEU, test_2016_flickr) | train min | load (1-min mean/max) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "stalled near unigram | BLEU (sacreBLEU, test_2016_flickr) | distinct outputs (most repeated) | "
+             "train min | load (1-min mean/max) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         div = f"yes @{r['diverged_at_update']}" if r["diverged"] else "no"
         lines.append(
             f"| {r['regime']} | {r['layers']} | {r['scheme']} | {r['seed']} | {r['completed_updates']} | "
             f"{_fmt(r['final_valid_loss'])} ({_fmt(r['final_valid_nll_loss'])}) | {_fmt(r['best_valid_loss'])} | "
-            f"{div} | {'yes' if r['stalled_near_unigram'] else 'no'} | {_fmt(r['bleu'])} | "
+            f"{div} | {'yes' if r['stalled_near_unigram'] else 'no'} | {_fmt(r['bleu'])} | {_distinct(r)} | "
             f"{r['train_wall_seconds'] / 60:.1f} | {r['load1_mean']}/{r['load1_max']} |")
-    md = "\n".join(lines) + "\n"
+    md = "\n".join(lines) + "\n" + _seed_summary(rows)
     if rows and rows[0].get("unigram_valid_bits"):
         md += (f"\nLosses in bits/token (fairseq's label-smoothed loss; nll in parentheses). Unigram level of the "
-               f"valid targets: {rows[0]['unigram_valid_bits']:.2f} bits.\n")
+               f"valid targets: {rows[0]['unigram_valid_bits']:.2f} bits. Distinct outputs: different hypotheses "
+               f"among the test sentences, and in parentheses how often the most frequent one was emitted (a model "
+               f"that ignores its input gives a few sentences for every input).\n")
     pngs = plot(rows, results_dir)
     if out_md:
         open(out_md, "w").write(md)
     return md, pngs
+
+
+def _seed_summary(rows):
+    """Mean [min, max] over seeds of every (regime, layers, scheme) run with more than one seed."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["regime"], r["layers"], r["scheme"]), []).append(r)
+    lines = []
+    for (regime, layers, scheme), rs in groups.items():
+        if len(rs) < 2:
+            continue
+        cells = []
+        for key in ("final_valid_loss", "bleu"):
+            xs = [r[key] for r in rs if r[key] is not None and math.isfinite(r[key])]
+            cells.append(f"{sum(xs) / len(xs):.2f} [{min(xs):.2f}, {max(xs):.2f}]" if xs else "—")
+        diverged = sum(bool(r["diverged"]) for r in rs)
+        lines.append(f"| {regime} | {layers} | {scheme} | {', '.join(str(r['seed']) for r in rs)} | {cells[0]} | "
+                     f"{cells[1]} | {diverged} of {len(rs)} |")
+    if not lines:
+        return ""
+    return ("\nAcross seeds (mean [min, max]):\n\n| regime | layers | scheme | seeds | final valid loss | BLEU | "
+            "diverged |\n|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
+
+
+def _distinct(r):
+    e = r.get("evaluation") or {}
+    if "distinct_hypotheses" not in e:
+        return "—"
+    most = e.get("most_common_hypothesis_count")
+    return f"{e['distinct_hypotheses']}/{e['sentences']}" + (f" ({most})" if most is not None else "")
 
 
 def _fmt(x):
@@ -519,8 +594,15 @@ def main(argv=None):
                    help="UTC time HH:MM after which no new cell is started (a running one finishes)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the commands; run nothing")
     p.add_argument("--render", action="store_true", help="only render RESULTS/TABLE.md and PNGs from result files")
+    p.add_argument("--recount-hypotheses", nargs="+", metavar="WORK", default=None,
+                   help="add distinct-output counts to result files that lack them, from WORK/runs/<cell>/test.hyp.de "
+                        "(one or more work directories); then exit")
     args = p.parse_args(argv)
     args.work, args.results = os.path.abspath(args.work), os.path.abspath(args.results)
+
+    if args.recount_hypotheses:
+        recount_hypotheses(args.results, [os.path.abspath(w) for w in args.recount_hypotheses])
+        return 0
 
     if args.render:
         md, pngs = render(args.results, os.path.join(args.results, "TABLE.md"))
