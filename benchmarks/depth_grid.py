@@ -348,6 +348,20 @@ def _train(args, name, cmd, train_log, state, state_path, resumed):
         sampler.start()
         t0 = time.time()
         switched = False
+        # The segment is recorded as it runs (rewritten every minute), so that a runner killed from outside (a
+        # session's end) still leaves its wall time in the state; "interrupted" stays true until fairseq returns.
+        seg = {"start": datetime.fromtimestamp(t0, timezone.utc).isoformat(), "seconds": 0.0, "rc": None,
+               "resumed": resumed, "threads": threads, "switched": False, "interrupted": True}
+        state["segments"].append(seg)
+
+        def record(loads):
+            seg.update(seconds=time.time() - t0, load1_mean=sum(loads) / len(loads), load1_max=max(loads))
+            with open(state_path + ".tmp", "w") as f:  # replaced whole: a kill mid-write leaves the old state
+                json.dump(state, f, indent=1)
+            os.replace(state_path + ".tmp", state_path)
+
+        record(list(sampler.samples))
+        last_record = time.time()
         with open(train_log, "a") as logf:
             logf.write(f"\n#### depth_grid segment {datetime.now(timezone.utc).isoformat()} resumed={resumed} "
                        f"threads={threads}\n" + " ".join(map(_q, cmd)) + "\n")
@@ -356,6 +370,9 @@ def _train(args, name, cmd, train_log, state, state_path, resumed):
             proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
             while proc.poll() is None:
                 time.sleep(10)
+                if time.time() - last_record >= 60:
+                    record(list(sampler.samples))
+                    last_record = time.time()
                 n = _count(train_log, "Saved checkpoint")
                 if n > saved:
                     saved = n
@@ -371,12 +388,8 @@ def _train(args, name, cmd, train_log, state, state_path, resumed):
                         restarts += 1
                         next_threads = want
             rc = proc.returncode
-        seconds = time.time() - t0
-        loads = sampler.stop()
-        state["segments"].append({"start": datetime.fromtimestamp(t0, timezone.utc).isoformat(), "seconds": seconds,
-                                  "rc": rc, "resumed": resumed, "threads": threads, "switched": switched,
-                                  "load1_mean": sum(loads) / len(loads), "load1_max": max(loads)})
-        json.dump(state, open(state_path, "w"), indent=1)
+        seg.update(rc=rc, switched=switched, interrupted=False)
+        record(sampler.stop())
         if not switched:
             return rc
         resumed = True
