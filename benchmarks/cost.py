@@ -34,6 +34,7 @@ import gc
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -62,8 +63,15 @@ def load():
 
 
 # ---- building the real fairseq objects ------------------------------------------------------------------------------
-def model_argv(name, layers, data_bin, max_tokens):
-    """fairseq-train arguments of one benchmarked model: 'vanilla', 'vanilla-preln' or a scheme name."""
+def baseline_of(name):
+    """The vanilla model a benchmarked model is compared with ('vanilla' itself: the A/A control, see --schemes)."""
+    from fairseq_admin.schemes import SCHEMES
+    return "vanilla-preln" if name in SCHEMES and SCHEMES[name].normalize_before else "vanilla"
+
+
+def model_argv(name, layers, data_bin, max_tokens, extra_args=()):
+    """fairseq-train arguments of one benchmarked model: 'vanilla', 'vanilla-preln' or a scheme name, followed by
+    ``extra_args`` (--scheme-args)."""
     enc, dec = layers.split("-")
     depth = ["--encoder-layers", enc, "--decoder-layers", dec]
     if name.startswith("vanilla"):
@@ -71,16 +79,17 @@ def model_argv(name, layers, data_bin, max_tokens):
         head = ["--task", "translation", "--arch", "transformer"] + extra
     else:
         head = ["--task", "admin_translation", "--arch", f"{name}_transformer"]
-    return [data_bin, "--user-dir", USER_DIR, *head, *depth, *DIMS, *TRAIN, "--max-tokens", str(max_tokens)]
+    return [data_bin, "--user-dir", USER_DIR, *head, *depth, *DIMS, *TRAIN, "--max-tokens", str(max_tokens),
+            *extra_args]
 
 
-def build(name, layers, data_bin, max_tokens):
+def build(name, layers, data_bin, max_tokens, extra_args=()):
     import torch
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from fairseq.trainer import Trainer
     parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, model_argv(name, layers, data_bin, max_tokens))
+    args = options.parse_args_and_arch(parser, model_argv(name, layers, data_bin, max_tokens, extra_args))
     cfg = convert_namespace_to_omegaconf(args)
     torch.manual_seed(1)
     task = tasks.setup_task(cfg.task)
@@ -188,7 +197,8 @@ def memory_worker(a):
     import torch
     torch.set_num_threads(a.threads)
     batches = fixed_batches(a.data_bin, a.batches, a.max_tokens)
-    m = build(a.memory_worker, a.layer, a.data_bin, a.max_tokens)
+    m = build(a.memory_worker, a.layer, a.data_bin, a.max_tokens,
+              shlex.split(a.scheme_args) if not a.memory_worker.startswith("vanilla") else ())
     gc.collect()
     before = _rss_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
@@ -203,7 +213,7 @@ def memory_worker(a):
 def measure_memory(a, name, layers):
     cmd = [sys.executable, os.path.abspath(__file__), "--memory-worker", name, "--layer", layers,
            "--data-bin", a.data_bin, "--max-tokens", str(a.max_tokens), "--batches", str(a.batches),
-           "--mem-steps", str(a.mem_steps), "--threads", str(a.threads)]
+           "--mem-steps", str(a.mem_steps), "--threads", str(a.threads), f"--scheme-args={a.scheme_args}"]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"memory worker {name} {layers} failed: {out.stderr[-3000:]}")
@@ -217,7 +227,12 @@ def main(argv=None):
                    help="where Multi30k is prepared if --data-bin is not given (default benchmarks/work)")
     p.add_argument("--data-bin", default=None, help="a fairseq data-bin of Multi30k En-De (default WORK/data/data-bin)")
     p.add_argument("--raw-dir", default=os.path.join(os.path.dirname(ROOT), "shared", "data", "multi30k"))
-    p.add_argument("--schemes", default=None, help="comma list (default: every scheme in SCHEMES)")
+    p.add_argument("--schemes", default=None,
+                   help="comma list (default: every scheme in SCHEMES); 'vanilla' measures a second vanilla model "
+                        "against the first: the A/A control, whose ratio shows the method's own bias and noise")
+    p.add_argument("--scheme-args", default="",
+                   help="extra fairseq options for the scheme models only, e.g. --scheme-args=\"--admin-omega scalar\" "
+                        "(recorded in the result; not applied to 'vanilla')")
     p.add_argument("--layers", default="6-6,18-18")
     p.add_argument("--rounds", type=int, default=7, help="alternation rounds per pair, warm-up included")
     p.add_argument("--warmup", type=int, default=2, help="rounds dropped at the start")
@@ -250,6 +265,10 @@ def main(argv=None):
     from fairseq_admin.profiling import profile_model
     from fairseq_admin.schemes import SCHEMES
     schemes = a.schemes.split(",") if a.schemes else list(SCHEMES)
+    unknown = [x for x in schemes if x not in SCHEMES and x != "vanilla"]
+    if unknown:
+        p.error(f"unknown scheme(s) {', '.join(unknown)}; choose from vanilla (the A/A control), {', '.join(SCHEMES)}")
+    scheme_args = shlex.split(a.scheme_args)
     if a.smoke:
         schemes, a.layers, a.rounds, a.warmup, a.batches = schemes[:1] + (["admin"] if "admin" in SCHEMES and
                                                                            schemes[0] != "admin" else []), "1-1", 2, 1, 1
@@ -269,6 +288,7 @@ def main(argv=None):
         "setup": {"dims": "d=128, ffn 512, 4 heads, shared embeddings, dropout 0.1, Adam, label-smoothed CE",
                   "train_batches": len(batches), "train_target_tokens_per_round": tgt_tokens,
                   "train_sentences_per_round": sum(int(b["nsentences"]) for b in batches),
+                  "scheme_args": a.scheme_args,
                   "gen_sentences_per_round": n_sent, "gen_beam": 4, "gen_len_pinned": a.gen_len,
                   "rounds": a.rounds, "warmup_rounds": a.warmup, "smoke": a.smoke,
                   "memory": "peak RSS (VmHWM after clear_refs) minus RSS before the first of --mem-steps training "
@@ -287,11 +307,11 @@ def main(argv=None):
     for layers in a.layers.split(","):
         vanillas = {}
         for scheme in schemes:
-            base = "vanilla-preln" if SCHEMES[scheme].normalize_before else "vanilla"
+            base = baseline_of(scheme)
             if base not in vanillas:
                 vanillas[base] = build(base, layers, a.data_bin, a.max_tokens)
             v = vanillas[base]
-            s = build(scheme, layers, a.data_bin, a.max_tokens)
+            s = build(scheme, layers, a.data_bin, a.max_tokens, () if scheme == "vanilla" else scheme_args)
             row = {"layers": layers, "scheme": scheme, "baseline": base, "scheme_params": s["params"],
                    "baseline_params": v["params"], "scheme_model": s["class"], "baseline_model": v["class"]}
             if "train" not in skip:
@@ -321,10 +341,12 @@ def main(argv=None):
         del vanillas
         gc.collect()
         if "memory" not in skip:
-            names = sorted({("vanilla-preln" if SCHEMES[x].normalize_before else "vanilla") for x in schemes}) + schemes
+            names = sorted({baseline_of(x) for x in schemes}) + [x for x in schemes if x != "vanilla"]
             mem = {n: measure_memory(a, n, layers) for n in names}
             for n in schemes:
-                base = "vanilla-preln" if SCHEMES[n].normalize_before else "vanilla"
+                if n == "vanilla":  # the A/A control measures throughput only: its memory row would be vanilla's own
+                    continue
+                base = baseline_of(n)
                 report["memory"].append({
                     "layers": layers, "scheme": n, "baseline": base,
                     "scheme_peak_delta_mib": round(mem[n]["peak_delta_kib"] / 1024, 1),
@@ -430,6 +452,8 @@ def markdown(report):
                   f"{p['batch_target_tokens']} |\n"
     md += f"\nLoad: `{report['uptime_start']}` at start, `{report.get('uptime_end', '')}` at end; " \
           f"torch threads {report['machine']['torch_threads']} on {report['machine']['nproc']} cores.\n"
+    if report["setup"].get("scheme_args"):
+        md += f"Scheme models built with `{report['setup']['scheme_args']}` (vanilla models without).\n"
     return md
 
 

@@ -6,7 +6,8 @@ usage() {
   cat <<'USAGE'
 usage: bash benchmarks/cost.sh [--smoke] [--layers 6-6,18-18] [--schemes a,b] [--rounds 7] [--warmup 2]
                                [--batches 2] [--gen-sentences 64] [--threads 1] [--skip train,generate,memory,profile]
-                               [--data-bin DIR] [--work DIR] [--out FILE.json] [--render FILE.json] [-h|--help]
+                               [--scheme-args="OPTIONS"] [--data-bin DIR] [--work DIR] [--out FILE.json]
+                               [--render FILE.json] [-h|--help]
 
 Every scheme of fairseq_admin.schemes.SCHEMES (--arch <scheme>_transformer) against fairseq's own --arch transformer
 of identical dimensions (d=128, ffn 512, 4 heads; Pre-LN against fairseq's --encoder/decoder-normalize-before),
@@ -22,6 +23,8 @@ Multi30k is prepared into WORK/data (default benchmarks/work) from ../shared/dat
 
   --smoke          1-1 layers, 1-2 schemes, 2 rounds, 1 memory step: checks the whole code path in a few minutes
   --render FILE    print the markdown tables of an existing result JSON
+  --schemes vanilla   the A/A control: a second vanilla model against the first (the method's own bias and noise)
+  --scheme-args="--admin-omega scalar"   extra fairseq options for the scheme models (to find where time goes)
 All other options are passed to benchmarks/cost.py (see: python benchmarks/cost.py --help).
 Environment: PYTHON (default: the project's .venv/bin/python, else python3).
 USAGE
