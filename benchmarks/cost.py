@@ -69,27 +69,28 @@ def baseline_of(name):
     return "vanilla-preln" if name in SCHEMES and SCHEMES[name].normalize_before else "vanilla"
 
 
-def model_argv(name, layers, data_bin, max_tokens, extra_args=()):
-    """fairseq-train arguments of one benchmarked model: 'vanilla', 'vanilla-preln' or a scheme name, followed by
-    ``extra_args`` (--scheme-args)."""
+def model_argv(name, layers, data_bin, max_tokens, scheme_args=()):
+    """fairseq-train arguments of one benchmarked model: 'vanilla', 'vanilla-preln' or a scheme name; a scheme's
+    are followed by ``scheme_args`` (--scheme-args), which vanilla models never get."""
     enc, dec = layers.split("-")
     depth = ["--encoder-layers", enc, "--decoder-layers", dec]
     if name.startswith("vanilla"):
         extra = ["--encoder-normalize-before", "--decoder-normalize-before"] if name == "vanilla-preln" else []
         head = ["--task", "translation", "--arch", "transformer"] + extra
+        scheme_args = ()
     else:
         head = ["--task", "admin_translation", "--arch", f"{name}_transformer"]
     return [data_bin, "--user-dir", USER_DIR, *head, *depth, *DIMS, *TRAIN, "--max-tokens", str(max_tokens),
-            *extra_args]
+            *scheme_args]
 
 
-def build(name, layers, data_bin, max_tokens, extra_args=()):
+def build(name, layers, data_bin, max_tokens, scheme_args=()):
     import torch
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from fairseq.trainer import Trainer
     parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, model_argv(name, layers, data_bin, max_tokens, extra_args))
+    args = options.parse_args_and_arch(parser, model_argv(name, layers, data_bin, max_tokens, scheme_args))
     cfg = convert_namespace_to_omegaconf(args)
     torch.manual_seed(1)
     task = tasks.setup_task(cfg.task)
@@ -197,8 +198,7 @@ def memory_worker(a):
     import torch
     torch.set_num_threads(a.threads)
     batches = fixed_batches(a.data_bin, a.batches, a.max_tokens)
-    m = build(a.memory_worker, a.layer, a.data_bin, a.max_tokens,
-              shlex.split(a.scheme_args) if not a.memory_worker.startswith("vanilla") else ())
+    m = build(a.memory_worker, a.layer, a.data_bin, a.max_tokens, shlex.split(a.scheme_args))
     gc.collect()
     before = _rss_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
@@ -311,7 +311,7 @@ def main(argv=None):
             if base not in vanillas:
                 vanillas[base] = build(base, layers, a.data_bin, a.max_tokens)
             v = vanillas[base]
-            s = build(scheme, layers, a.data_bin, a.max_tokens, () if scheme == "vanilla" else scheme_args)
+            s = build(scheme, layers, a.data_bin, a.max_tokens, scheme_args)
             row = {"layers": layers, "scheme": scheme, "baseline": base, "scheme_params": s["params"],
                    "baseline_params": v["params"], "scheme_model": s["class"], "baseline_model": v["class"]}
             if "train" not in skip:
