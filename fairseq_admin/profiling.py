@@ -6,10 +6,17 @@ residual sublayers of each stack in order, keeping one running value per stack (
     ω_1 = 1,    ω_{i+1} = sqrt( Var(x_i · ω_i) + Var(f_i(x_i)) )
 
 Each ω_i is set in the sublayer just before it is used, so the pass propagates the profiled model. Each Var is one
-scalar over the whole tensor, f_i's output taken after dropout. We measure real tokens only (the official code also
-counts padding; METHODS.md calls restricting to real tokens the cleaner reading), and in distributed training the
-moments (count, sum, sum of squares) are summed over all workers before each step of the recurrence, so every worker
+scalar over the whole tensor, f_i's output taken after dropout. By default we measure real tokens only; the official
+code counts padding too (np.var over the whole tensor, Transformer-Clinic fairseq/fairseq/modules/
+transformer_layer.py:193-194), which ``--admin-profile-tokens all`` reproduces. In distributed training the moments
+(count, sum, sum of squares) are summed over all workers before each step of the recurrence, so every worker
 computes the same ω from the pooled batch.
+
+The official flow profiles inside the first training forward, exits, and restarts with the same seed, so the first
+real update draws the same dropout masks as the profiling pass. Our profiling forward runs inside the training run,
+so it saves the random state (torch's, and CUDA's where initialized) before and restores it after: the first update
+then sees exactly the masks profiling saw, and in-run profiling gives the same model as ``--admin-profile-load`` of
+the profile it wrote.
 
 The profile file is Transformer-Clinic's ``profile.ratio.init``: one ``"{index} {omega}"`` line per sublayer, the
 2N encoder lines first (indices 1..2N), then the 3M decoder lines (indices 1..3M).
@@ -68,7 +75,7 @@ class OmegaProfiler:
         omega = self.next_omega
         scheme.set_omega(sublayer, omega)  # used by this very forward pass, as in the official code
         self.values.append(omega)
-        mask = scheme.token_mask(branch)
+        mask = scheme.token_mask(branch) if scheme.profile_tokens == "real" else None
         stats = torch.stack(_moments(shortcut, mask, scale=omega) + _moments(branch, mask))
         _all_reduce_sum(stats)
         self.next_omega = math.sqrt(_variance(*stats[:3]) + _variance(*stats[3:]))
@@ -93,6 +100,7 @@ def profile_model(model, sample) -> Tuple[List[float], List[float]]:
     was_training = model.training
     model.train()
     model.profiling = True
+    random_state = _save_random_state()
     try:
         for stack, layers in schemes.items():
             for scheme in layers:
@@ -100,6 +108,7 @@ def profile_model(model, sample) -> Tuple[List[float], List[float]]:
         with torch.no_grad():
             model(**sample["net_input"])
     finally:
+        _restore_random_state(random_state)
         model.profiling = False
         model.train(was_training)
         for layers in schemes.values():
@@ -114,6 +123,18 @@ def profile_model(model, sample) -> Tuple[List[float], List[float]]:
     _check_identical_across_workers(values)
     model.omega_ready.fill_(True)
     return values
+
+
+def _save_random_state():
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda
+
+
+def _restore_random_state(state) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def _check_identical_across_workers(values: Tuple[List[float], List[float]]) -> None:

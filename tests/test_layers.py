@@ -13,7 +13,8 @@ DECODER_TOL = dict(rtol=1e-5, atol=1e-6)
 
 def _model(scheme, *extra):
     torch.manual_seed(0)
-    model = build_model(f"{scheme}_transformer", "--admin-init", "O(logn)", *extra, layers=(3, 2)).double().eval()
+    closed_form = ("--admin-init", "O(logn)") if scheme == "admin" else ()
+    model = build_model(f"{scheme}_transformer", *closed_form, *extra, layers=(3, 2)).double().eval()
     if scheme == "admin":  # distinct, non-trivial ω per dimension so a mix-up of sublayers would show
         with torch.no_grad():
             for layer in list(model.encoder.layers) + list(model.decoder.layers):

@@ -4,6 +4,8 @@ Everything of fairseq's ``transformer`` model stays (options, shared embeddings,
 interface); the encoder and decoder build :mod:`fairseq_admin.modules.layers` layers, whose residual connection is
 the scheme chosen by ``--residual-scheme`` (or by the architecture name, ``<scheme>_transformer_wmt_en_de``...).
 """
+import logging
+
 import torch
 from fairseq.distributed import fsdp_wrap
 from fairseq.models import register_model, register_model_architecture
@@ -12,7 +14,11 @@ from fairseq.models.transformer import transformer_legacy as fairseq_archs
 from fairseq.modules.checkpoint_activations import checkpoint_wrapper
 
 from fairseq_admin.modules import SchemeDecoderLayer, SchemeEncoderLayer
+from fairseq_admin.modules.layer_init import LAYER_INITS
+from fairseq_admin.modules.word_dropout import DecoderWordDropout, word_dropout
 from fairseq_admin.schemes import SCHEMES, get_scheme
+
+logger = logging.getLogger(__name__)
 
 
 def _wrap_layer(layer, cfg):
@@ -23,13 +29,40 @@ def _wrap_layer(layer, cfg):
 
 
 class SchemeTransformerEncoder(TransformerEncoderBase):
+    def __init__(self, cfg, dictionary, embed_tokens, return_fc=False):
+        super().__init__(cfg, dictionary, embed_tokens, return_fc=return_fc)
+        self.word_dropout = getattr(cfg, "encoder_word_dropout", 0.0) or 0.0
+
     def build_encoder_layer(self, cfg):
         return _wrap_layer(SchemeEncoderLayer(cfg, return_fc=self.return_fc), cfg)
 
+    def forward_embedding(self, src_tokens, token_embedding=None):
+        if self.training and self.word_dropout > 0:
+            if token_embedding is None:
+                token_embedding = self.embed_tokens(src_tokens)
+            token_embedding = word_dropout(token_embedding, self.word_dropout, keep_first=False)
+        return super().forward_embedding(src_tokens, token_embedding)
+
 
 class SchemeTransformerDecoder(TransformerDecoderBase):
+    def __init__(self, cfg, dictionary, embed_tokens, no_encoder_attn=False, output_projection=None):
+        super().__init__(cfg, dictionary, embed_tokens, no_encoder_attn, output_projection)
+        p = getattr(cfg, "decoder_word_dropout", 0.0) or 0.0
+        self._word_dropout = DecoderWordDropout(p) if p > 0 else None
+        if self._word_dropout is not None:
+            self.embed_tokens.register_forward_hook(self._word_dropout)
+
     def build_decoder_layer(self, cfg, no_encoder_attn=False):
         return _wrap_layer(SchemeDecoderLayer(cfg, no_encoder_attn), cfg)
+
+    def extract_features(self, *args, **kwargs):
+        if self._word_dropout is None:
+            return super().extract_features(*args, **kwargs)
+        self._word_dropout.active = self.training
+        try:
+            return super().extract_features(*args, **kwargs)
+        finally:
+            self._word_dropout.active = False
 
 
 @register_model("residual_transformer")
@@ -53,6 +86,16 @@ class ResidualTransformerModel(TransformerModel):
         parser.add_argument("--residual-scheme", choices=tuple(SCHEMES),
                             help="how each sublayer's output joins its shortcut: " + "; ".join(
                                 f"{name}: {s.formula} ({s.paper})" for name, s in SCHEMES.items()))
+        parser.add_argument("--layer-init", choices=LAYER_INITS,
+                            help="initialization of every layer before the scheme's own: 'fairseq' (fairseq main's, "
+                                 "as fairseq's transformer) or 'fairseq-0.9' (zero q/k/v/out_proj biases, "
+                                 "Xavier-uniform fc1/fc2 with zero biases). Default: the scheme's official code's "
+                                 "(admin: fairseq-0.9; the others: fairseq)")
+        parser.add_argument("--encoder-word-dropout", type=float, metavar="P",
+                            help="in training, zero each source token embedding with probability P (before the "
+                                 "sqrt(d) scaling, no rescaling; the B2T 18L recipe's 0.1). Default 0")
+        parser.add_argument("--decoder-word-dropout", type=float, metavar="P",
+                            help="the same for target token embeddings; position 0 is always kept. Default 0")
         for scheme in SCHEMES.values():
             scheme.add_args(parser)
 
@@ -60,6 +103,7 @@ class ResidualTransformerModel(TransformerModel):
     def build_model(cls, args, task):
         scheme = get_scheme(getattr(args, "residual_scheme", None) or "postln")
         args.residual_scheme = scheme.name
+        _check_common_args(args, scheme)
         scheme.check_args(args)
         if scheme.normalize_before:
             args.encoder_normalize_before = args.decoder_normalize_before = True
@@ -91,6 +135,48 @@ class ResidualTransformerModel(TransformerModel):
         """The ``ResidualScheme`` modules of the encoder's or decoder's layers, bottom to top."""
         layers = self.encoder.layers if stack == "encoder" else self.decoder.layers
         return [layer.residual for layer in layers]
+
+
+_DEPRECATED_INIT_OPTIONS = {"admin_ffn_init": "--admin-ffn-init", "b2t_ffn_init": "--b2t-ffn-init"}
+_OLD_FFN_INIT_TO_LAYER_INIT = {"xavier": "fairseq-0.9", "fairseq": "fairseq"}
+
+
+def _check_common_args(args, scheme) -> None:
+    """Start-up checks of the options every scheme shares; resolves ``--layer-init`` to the value used (saved in
+    the checkpoint's config)."""
+    for stack in ("encoder", "decoder"):
+        layers = getattr(args, f"{stack}_layers", 1)
+        if not isinstance(layers, int) or layers < 1:
+            raise ValueError(f"--{stack}-layers must be a positive integer, got {layers!r}")
+        p = getattr(args, f"{stack}_word_dropout", None)
+        if p is not None and not 0 <= p < 1:
+            raise ValueError(f"--{stack}-word-dropout must be in [0, 1), got {p}")
+    for other in SCHEMES.values():
+        if other is scheme:
+            continue
+        for option, dest in other.option_names().items():
+            if dest in _DEPRECATED_INIT_OPTIONS or getattr(args, dest, None) in (None, False):
+                continue
+            raise ValueError(f"{option} is an option of --residual-scheme {other.name}, but this model is "
+                             f"{scheme.name}: remove it (or use --arch {other.name}_transformer...)")
+    layer_init = getattr(args, "layer_init", None)
+    for dest, option in _DEPRECATED_INIT_OPTIONS.items():
+        old = getattr(args, dest, None)
+        if old is None:
+            continue
+        if not dest.startswith(scheme.name + "_"):
+            raise ValueError(f"{option} is an option of another scheme (and deprecated): use --layer-init")
+        replaced = _OLD_FFN_INIT_TO_LAYER_INIT[old]
+        if layer_init is None:
+            logger.warning(f"{option} {old} is deprecated: it is now --layer-init {replaced} (fairseq-0.9 also "
+                           f"zeroes the attention biases); using that")
+            layer_init = replaced
+        elif layer_init != replaced:
+            raise ValueError(f"{option} {old} contradicts --layer-init {layer_init}; give --layer-init only")
+        setattr(args, dest, None)
+    if layer_init is not None and layer_init not in LAYER_INITS:
+        raise ValueError(f"unknown --layer-init {layer_init!r}; choose one of {', '.join(LAYER_INITS)}")
+    args.layer_init = layer_init or scheme.official_layer_init
 
 
 # ---- architectures: <scheme>_<fairseq arch> for every scheme, the dimensions being fairseq's -----------------------

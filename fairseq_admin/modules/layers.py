@@ -9,7 +9,13 @@ from typing import Dict, List, Optional
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase, TransformerEncoderLayerBase
 from torch import Tensor
 
+from fairseq_admin.modules.layer_init import apply_layer_init
 from fairseq_admin.schemes import get_scheme
+
+
+def _layer_init(cfg) -> str:
+    """--layer-init as resolved by the model's build_model, else (a layer built on its own) the scheme's default."""
+    return getattr(cfg, "layer_init", None) or get_scheme(cfg.residual_scheme).official_layer_init
 
 
 class SchemeEncoderLayer(TransformerEncoderLayerBase):
@@ -18,6 +24,7 @@ class SchemeEncoderLayer(TransformerEncoderLayerBase):
     def __init__(self, cfg, return_fc=False):
         super().__init__(cfg, return_fc=return_fc)
         self.residual = get_scheme(cfg.residual_scheme)(cfg, self.SUBLAYERS, cfg.encoder.layers, self.embed_dim)
+        apply_layer_init(self, _layer_init(cfg))
         self.residual.init_layer(self)
 
     def residual_connection(self, x, residual):
@@ -34,6 +41,7 @@ class SchemeDecoderLayer(TransformerDecoderLayerBase):
     def __init__(self, cfg, no_encoder_attn=False, add_bias_kv=False, add_zero_attn=False):
         super().__init__(cfg, no_encoder_attn, add_bias_kv, add_zero_attn)
         self.residual = get_scheme(cfg.residual_scheme)(cfg, self.SUBLAYERS, cfg.decoder.layers, self.embed_dim)
+        apply_layer_init(self, _layer_init(cfg))
         self.residual.init_layer(self)
 
     def residual_connection(self, x, residual):

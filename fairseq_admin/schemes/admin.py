@@ -15,18 +15,16 @@ buffer. Its initial value comes from one of:
       O(1):     ω = sqrt(n)
       O(n):     ω = 1                                  (plain Post-LN)
 
-Initialization: the official code (Transformer-Clinic, built on fairseq 0.9) creates fc1/fc2 with fairseq 0.9's
-``Linear``: Xavier-uniform weights and zero biases. fairseq main builds them as plain ``nn.Linear`` (PyTorch's
-default: U(±1/sqrt(fan_in)) weights, i.e. fc2 2.2x smaller than Xavier at ffn = 4d, and *nonzero* biases).
-``--admin-ffn-init xavier`` (default) restores the paper's initialization before ω is profiled; ``fairseq`` keeps
-fairseq main's.
+Initialization: the official code (Transformer-Clinic) is a fairseq 0.9 fork, so the default ``--layer-init`` is
+``fairseq-0.9`` (fairseq_admin/modules/layer_init.py): Xavier-uniform fc1/fc2 with zero biases and zero q/k/v/out_proj
+biases. It is drawn before ω is profiled, so ω is profiled on it.
 """
 import math
 
 import torch
 from torch import Tensor, nn
 
-from .base import FFN_INIT_CHOICES, ResidualScheme, xavier_ffn_
+from .base import ResidualScheme
 
 CLOSED_FORMS = {
     "O(logn)": lambda n: math.sqrt((n + 1) / math.log(n + 1) - 1),
@@ -34,6 +32,7 @@ CLOSED_FORMS = {
     "O(n)": lambda n: 1.0,
 }
 INIT_CHOICES = ("profile",) + tuple(CLOSED_FORMS)
+PROFILE_TOKENS = ("real", "all")
 
 
 def closed_form_omega(num_residual_sublayers: int, output_change: str) -> float:
@@ -49,6 +48,7 @@ class Admin(ResidualScheme):
     name = "admin"
     paper = "Liu et al. 2020"
     formula = "x_{i+1} = LN(x_i * omega_i + f_i(x_i))"
+    official_layer_init = "fairseq-0.9"  # Transformer-Clinic is a fairseq 0.9 fork
 
     def __init__(self, cfg, sublayers, num_layers, embed_dim):
         super().__init__(cfg, sublayers, num_layers, embed_dim)
@@ -59,7 +59,7 @@ class Admin(ResidualScheme):
         else:
             self.register_buffer("omega", torch.full((len(sublayers),), value))
         self.profiler = None  # set by fairseq_admin.profiling while a profiling forward runs
-        self.ffn_init = getattr(cfg, "admin_ffn_init", "xavier")
+        self.profile_tokens = getattr(cfg, "admin_profile_tokens", None) or "real"
 
     @staticmethod
     def add_args(parser):
@@ -72,10 +72,12 @@ class Admin(ResidualScheme):
         parser.add_argument("--admin-omega", choices=("vector", "scalar"),
                             help="admin: ω as a learnable per-dimension vector (default, the paper's) or a fixed "
                                  "scalar buffer per sublayer")
-        parser.add_argument("--admin-ffn-init", choices=FFN_INIT_CHOICES,
-                            help="admin: fc1/fc2 initialization. 'xavier' (default): Xavier-uniform weights and zero "
-                                 "biases, as the official Admin code (fairseq 0.9's Linear); 'fairseq': fairseq "
-                                 "main's nn.Linear default")
+        parser.add_argument("--admin-profile-tokens", choices=PROFILE_TOKENS,
+                            help="admin: which positions each profiled Var counts: 'real' (default) the real tokens; "
+                                 "'all' padding too, as the official code's np.var over the whole tensor "
+                                 "(Transformer-Clinic fairseq/fairseq/modules/transformer_layer.py:193-194)")
+        parser.add_argument("--admin-ffn-init", choices=("xavier", "fairseq"),
+                            help="deprecated, replaced by --layer-init (xavier: fairseq-0.9, fairseq: fairseq)")
 
     @classmethod
     def check_args(cls, args):
@@ -87,9 +89,6 @@ class Admin(ResidualScheme):
             raise ValueError(f"unknown --admin-init {init!r}; choose one of {', '.join(INIT_CHOICES)}")
         if getattr(args, "admin_omega", "vector") not in ("vector", "scalar"):
             raise ValueError(f"unknown --admin-omega {args.admin_omega!r}; choose 'vector' or 'scalar'")
-        if getattr(args, "admin_ffn_init", "xavier") not in FFN_INIT_CHOICES:
-            raise ValueError(f"unknown --admin-ffn-init {args.admin_ffn_init!r}; "
-                             f"choose one of {', '.join(FFN_INIT_CHOICES)}")
         if init == "profile" and (getattr(args, "encoder_layerdrop", 0) or getattr(args, "decoder_layerdrop", 0)):
             raise ValueError("--admin-init profile walks every sublayer in order; it cannot run with "
                              "--encoder-layerdrop/--decoder-layerdrop. Use a closed form (--admin-init O(logn)).")
@@ -97,10 +96,6 @@ class Admin(ResidualScheme):
     @classmethod
     def requires_profiling(cls, args) -> bool:
         return getattr(args, "admin_init", "profile") == "profile"
-
-    def init_layer(self, layer: nn.Module) -> None:
-        if self.ffn_init == "xavier":  # the official code's fc1/fc2 (see the module docstring)
-            xavier_ffn_(layer)
 
     def combine(self, sublayer: int, branch: Tensor, shortcut: Tensor) -> Tensor:
         if self.profiler is not None:

@@ -6,14 +6,15 @@
 The layer input x skips the inner LayerNorms and joins the input of the layer's last LN, which keeps gradients from
 vanishing through a deep stack of LNs.
 
-Initialization, as the official code (a fairseq 0.9 fork, 2023 version) does it: fc1/fc2 start from fairseq 0.9's
-``Linear`` (Xavier-uniform weights, zero biases; ``--b2t-ffn-init fairseq`` keeps fairseq main's ``nn.Linear``
-default instead), then every weight matrix of a layer, LayerNorms excepted, is multiplied by L^-0.5, L being the
-number of layers of that stack (``--no-b2t-init-scale`` skips this).
+Initialization, as the official code (takase/b2t_connection, a fairseq fork after 0.9) does it: fairseq main's
+build (``--layer-init fairseq``, the default: its ``build_fc1/build_fc2`` return plain ``nn.Linear``,
+fairseq/modules/transformer_layer.py:59-63 and 219-223), then ``rescaling_init`` multiplies every parameter of the
+layer whose name contains "weight" and not "layer_norm" by L^-0.5 (fairseq/modules/transformer_layer.py:401-405),
+L being the number of layers of that stack (``--no-b2t-init-scale`` skips this). Biases stay as drawn.
 """
 from torch import Tensor, nn
 
-from .base import FFN_INIT_CHOICES, ResidualScheme, xavier_ffn_
+from .base import ResidualScheme
 
 
 class B2T(ResidualScheme):
@@ -26,23 +27,14 @@ class B2T(ResidualScheme):
     def __init__(self, cfg, sublayers, num_layers, embed_dim):
         super().__init__(cfg, sublayers, num_layers, embed_dim)
         self.init_scale = not getattr(cfg, "no_b2t_init_scale", False)
-        self.ffn_init = getattr(cfg, "b2t_ffn_init", "xavier")
 
     @staticmethod
     def add_args(parser):
         parser.add_argument("--no-b2t-init-scale", action="store_true",
                             help="b2t: keep fairseq's initialization instead of the official code's L^-0.5 "
                                  "scaling of every non-LayerNorm weight matrix (L = layers in the stack)")
-        parser.add_argument("--b2t-ffn-init", choices=FFN_INIT_CHOICES,
-                            help="b2t: fc1/fc2 initialization before the L^-0.5 scaling. 'xavier' (default): "
-                                 "Xavier-uniform weights and zero biases, as the official code (fairseq 0.9's "
-                                 "Linear); 'fairseq': fairseq main's nn.Linear default")
-
-    @classmethod
-    def check_args(cls, args):
-        if getattr(args, "b2t_ffn_init", "xavier") not in FFN_INIT_CHOICES:
-            raise ValueError(f"unknown --b2t-ffn-init {args.b2t_ffn_init!r}; "
-                             f"choose one of {', '.join(FFN_INIT_CHOICES)}")
+        parser.add_argument("--b2t-ffn-init", choices=("xavier", "fairseq"),
+                            help="deprecated, replaced by --layer-init (xavier: fairseq-0.9, fairseq: fairseq)")
 
     def combine(self, sublayer: int, branch: Tensor, shortcut: Tensor) -> Tensor:
         out = shortcut + branch
@@ -51,11 +43,9 @@ class B2T(ResidualScheme):
         return out
 
     def init_layer(self, layer: nn.Module) -> None:
-        if self.ffn_init == "xavier":  # the official code's fc1/fc2, drawn before its scaling
-            xavier_ffn_(layer)
         if not self.init_scale:
             return
         scale = self.num_layers ** -0.5
         for module in layer.modules():
             if isinstance(module, nn.Linear):  # attention projections, fc1, fc2; LayerNorms are not Linear
-                module.weight.data.mul_(scale)
+                module.weight.data.mul_(scale)  # weights only: "weight" in the name, biases untouched

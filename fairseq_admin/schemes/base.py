@@ -8,27 +8,11 @@ LayerNorm (or, with ``normalize_before``, as the whole residual step). A scheme 
 Subclasses override :meth:`combine` (the math), :meth:`init_layer` (initialization changes) and, when they have
 options, :meth:`add_args` / :meth:`check_args`. Nothing else of fairseq's layer is forked.
 """
-from typing import ClassVar, Optional, Sequence
+import argparse
+from typing import ClassVar, Dict, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
-
-
-#: choices of the schemes' --<scheme>-ffn-init options (see :func:`xavier_ffn_`)
-FFN_INIT_CHOICES = ("xavier", "fairseq")
-
-
-def xavier_ffn_(layer: nn.Module) -> None:
-    """fc1/fc2 as fairseq 0.9's ``Linear`` built them: Xavier-uniform weights, zero biases.
-
-    The official code of Admin (Transformer-Clinic) and of B2T are fairseq 0.9 forks and start from this. fairseq main
-    builds fc1/fc2 as plain ``nn.Linear`` instead: U(±1/sqrt(fan_in)) weights (fc2 2.2x smaller than Xavier at
-    ffn = 4d) and nonzero biases, which shrinks every FFN branch against its shortcut.
-    """
-    with torch.no_grad():
-        for fc in (layer.fc1, layer.fc2):
-            nn.init.xavier_uniform_(fc.weight)
-            nn.init.zeros_(fc.bias)
 
 
 class _ForwardState:
@@ -60,6 +44,8 @@ class ResidualScheme(nn.Module):
     formula: ClassVar[str] = "x_{i+1} = LN(x_i + f_i(x_i))"
     #: Pre-LN puts the LayerNorm inside the branch; fairseq builds that (and the final LN) from this flag.
     normalize_before: ClassVar[bool] = False
+    #: the ``--layer-init`` this scheme's official code used (fairseq_admin/modules/layer_init.py), its default
+    official_layer_init: ClassVar[str] = "fairseq"
 
     def __init__(self, cfg, sublayers: Sequence[str], num_layers: int, embed_dim: int):
         super().__init__()
@@ -73,6 +59,13 @@ class ResidualScheme(nn.Module):
     @staticmethod
     def add_args(parser) -> None:
         """Add this scheme's command-line options (called once for every registered scheme)."""
+
+    @classmethod
+    def option_names(cls) -> Dict[str, str]:
+        """{"--option": "dest"} of the options :meth:`add_args` adds (to refuse them under another scheme)."""
+        parser = argparse.ArgumentParser(add_help=False)
+        cls.add_args(parser)
+        return {action.option_strings[0]: action.dest for action in parser._actions}
 
     @classmethod
     def check_args(cls, args) -> None:
@@ -89,7 +82,7 @@ class ResidualScheme(nn.Module):
         return shortcut + branch
 
     def init_layer(self, layer: nn.Module) -> None:
-        """Change the freshly built layer's initialization (default: fairseq's own)."""
+        """Change the freshly built layer's initialization, after ``--layer-init`` (default: nothing more)."""
 
     # ---- bookkeeping used by the layers --------------------------------------------------------------------------
     def begin(self, layer_input: Tensor, padding_mask: Optional[Tensor], skip: Sequence[str] = ()) -> None:

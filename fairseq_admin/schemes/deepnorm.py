@@ -58,6 +58,12 @@ class DeepNorm(ResidualScheme):
         self.stack = "decoder" if len(self.sublayers) == 3 else "encoder"
         self.alpha, self.beta = deepnorm_constants(cfg.encoder.layers, cfg.decoder.layers, self.stack)
 
+    @classmethod
+    def check_args(cls, args):
+        if getattr(args, "no_cross_attention", False):
+            raise ValueError("deepnorm: its constants are the encoder-decoder ones (Wang et al. 2022, Fig. 2); "
+                             "--no-cross-attention is not supported")
+
     def combine(self, sublayer: int, branch: Tensor, shortcut: Tensor) -> Tensor:
         return shortcut * self.alpha + branch
 
