@@ -190,11 +190,20 @@ def write_profile(path: str, encoder_values: Sequence[float], decoder_values: Se
 
 def read_profile(path: str, num_encoder: int, num_decoder: int) -> Tuple[List[float], List[float]]:
     """Read and validate a ``profile.ratio.init`` for a model with ``num_encoder`` (2N) and ``num_decoder`` (3M)
-    residual sublayers. Every problem is a ValueError that says what was expected and what was found."""
+    residual sublayers. Every problem is a ValueError that says what was expected and what was found.
+
+    An index is a decimal integer; ω must be finite and positive and a normal float32 (ω is a float32 parameter:
+    2^-126 <= ω <= float32's max), written as a plain decimal or exponent number (no ``_`` digit separators)."""
+    float32_tiny, float32_max = 2.0 ** -126, (2.0 - 2.0 ** -23) * 2.0 ** 127
     if not os.path.isfile(path):
         raise ValueError(f"admin profile {path!r} does not exist")
-    with open(path) as f:
-        lines = [line for line in f.read().splitlines() if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line for line in f.read().splitlines() if line.strip()]
+    except UnicodeDecodeError as exc:
+        bad = exc.object[exc.start:exc.start + 4]
+        raise ValueError(f"admin profile {path!r} is not UTF-8 text (byte {exc.start}: {bad!r}); expected lines "
+                         "'<index> <omega>'") from None
     expected = num_encoder + num_decoder
     if len(lines) != expected:
         raise ValueError(
@@ -206,16 +215,69 @@ def read_profile(path: str, num_encoder: int, num_decoder: int) -> Tuple[List[fl
         want_index = lineno if lineno <= num_encoder else lineno - num_encoder
         stack = "encoder" if lineno <= num_encoder else "decoder"
         fields = line.split()
-        try:
-            index, value = float(fields[0]), float(fields[1])
-            if len(fields) != 2:
-                raise ValueError
-        except (ValueError, IndexError):
+        if len(fields) != 2 or not fields[0].isascii() or not fields[0].isdigit() or "_" in fields[1]:
             raise ValueError(f"admin profile {path!r} line {lineno}: expected '<index> <omega>', found {line!r}")
+        try:
+            index, value = int(fields[0]), float(fields[1])
+        except ValueError:
+            raise ValueError(f"admin profile {path!r} line {lineno}: expected '<index> <omega>', "
+                             f"found {line!r}") from None
         if index != want_index:
             raise ValueError(f"admin profile {path!r} line {lineno}: expected {stack} sublayer index {want_index}, "
                              f"found {fields[0]} (was it made for another depth?)")
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"admin profile {path!r} line {lineno}: ω must be finite and positive, found {fields[1]}")
+        if not math.isfinite(value) or not float32_tiny <= value <= float32_max:
+            raise ValueError(f"admin profile {path!r} line {lineno}: ω must be finite and positive and a normal "
+                             f"float32 (between {float32_tiny:.8g} and {float32_max:.8g}), found {fields[1]}")
         values.append(value)
     return values[:num_encoder], values[num_encoder:]
+
+
+# ---- the training run's entry point: the model's first training forward --------------------------------------------
+def profile_options(model) -> Tuple[Optional[str], Optional[str]]:
+    """(--admin-profile-load, --admin-profile-save) of the model's configuration."""
+    args = getattr(unwrap_model(model), "args", None)
+    return getattr(args, "admin_profile_load", None), getattr(args, "admin_profile_save", None)
+
+
+def check_profile_options(model) -> None:
+    """At model build, before any work: the profile options must be usable (a load file that exists is read and
+    checked against the depth now; one that is absent is only needed if a run starts from scratch)."""
+    load, save = profile_options(model)
+    if load and save:
+        raise ValueError("give --admin-profile-load or --admin-profile-save, not both")
+    if save:
+        if os.path.isdir(save):
+            raise ValueError(f"--admin-profile-save {save!r} is a directory; give a file path, e.g. "
+                             f"{os.path.join(save, 'profile.ratio.init')}")
+        parent = os.path.dirname(os.path.abspath(save))
+        existing = parent
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
+            raise ValueError(f"--admin-profile-save {save!r}: cannot write into {existing!r}")
+    if load and os.path.exists(load):
+        read_profile(load, *profile_sizes(model))
+
+
+def initialize_omega(model, net_input) -> None:
+    """Set an Admin model's ω before its first update: from ``--admin-profile-load``, else by profiling this batch
+    (and writing it to ``--admin-profile-save`` on rank 0). Called by the model itself, so any task works."""
+    model = unwrap_model(model)
+    load, save = profile_options(model)
+    if load:
+        apply_profile(model, *read_profile(load, *profile_sizes(model)))
+        logger.info(f"admin: ω initialized from {load}")
+        return
+    encoder, decoder = profile_model(model, {"net_input": net_input})
+    pad = model.decoder.dictionary.pad()
+    tokens = int(net_input["prev_output_tokens"].ne(pad).sum())
+    workers = f" on this worker, identical on all {world_size()} workers" if world_size() > 1 else ""
+    logger.info("admin: profiled ω on the first batch (%d target tokens%s): encoder %s; decoder %s",
+                tokens, workers, _summary(encoder), _summary(decoder))
+    if save and rank() == 0:
+        write_profile(save, encoder, decoder)
+        logger.info(f"admin: profile written to {save}")
+
+
+def _summary(values: Sequence[float]) -> str:
+    return f"{len(values)} sublayers, ω from {values[0]:.4g} to {values[-1]:.4g}"

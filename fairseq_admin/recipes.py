@@ -87,6 +87,8 @@ class Setting:
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
     optimizer: str = "adam"
+    stop_min_lr: Optional[float] = None  # fairseq 0.9's --min-lr (a stop criterion), as the official scripts give it
+    word_dropout: float = 0.0    # the B2T 18L recipe's --sampling-method worddrop --enc/dec-replace-rate
     adam_betas: tuple = (0.9, 0.98)
     lr_scheduler: str = "inverse_sqrt"
     share_all_embeddings: bool = True
@@ -128,12 +130,12 @@ class Setting:
 # ------------------------------------------------------------------------------------------------------------------
 # The papers' shared hyperparameters, written once per paper; the table below spreads them into its rows.
 #
-# Optimizer: Adam with betas (0.9, 0.98). Admin's official scripts use RAdam (`--optimizer radam`, from their
-# radam_fairseq user dir); METHODS.md lists "RAdam or Adam". We choose Adam because fairseq 0.12 ships no RAdam
-# (it would need an extra optimizer plugin), Adam with 8000 warm-up updates is what Admin's paper analyses warm-up
-# against, and it is what B2T and Pre-LN use, so all schemes here train with the same optimizer. Give
-# `-- --optimizer <plugin>` after installing one to follow the official scripts exactly.
-# fairseq 0.12 has no --min-lr for inverse_sqrt (the official scripts' `--min-lr 1e-09` is a stop criterion there).
+# Optimizer: the Admin paper's rows (Post-LN, Pre-LN and Admin alike) use RAdam with betas (0.9, 0.98), as every
+# command of Transformer-Clinic's nmt-experiments/*.md does (`--optimizer radam --user-dir ../radam_fairseq`):
+# `--optimizer radam` is registered by this plugin (fairseq_admin/optim/radam.py, the official update rule). The B2T
+# rows use Adam (takase/b2t_connection README.md:40-47). `-- --optimizer adam` switches a row.
+# `--min-lr 1e-09` of the official scripts is fairseq 0.9's stop criterion (train while lr > min_lr, e.g.
+# takase/b2t_connection fairseq_cli/train.py:96); fairseq main calls it `--stop-min-lr`, which the rows carry.
 
 # Liu et al. 2020 (Admin), WMT14 En-De, Transformer-Clinic nmt-experiments/wmt14_en-de.md: 4 GPUs x 8192 tokens,
 # --max-update 500000 as a cap; the evaluation script averages the 10 epoch checkpoints up to epoch 100
@@ -143,7 +145,7 @@ LIU2020_EN_DE = dict(
     paper="Liu et al. 2020 (Admin), EMNLP; Transformer-Clinic nmt-experiments/wmt14_en-de.md",
     base_arch="transformer_wmt_en_de", data="data/wmt14_en_de/data-bin",
     lr=1e-3, warmup_updates=8000, warmup_init_lr=1e-7, dropout=0.1, attention_dropout=0.1, activation_dropout=0.1,
-    clip_norm=0.0, weight_decay=0.0,
+    clip_norm=0.0, weight_decay=0.0, optimizer="radam", stop_min_lr=1e-9,
     published_gpus=4, published_max_tokens=8192, published_update_freq=1,
     max_update=500000, max_epoch=100,
     fp16_args=("--fp16-scale-window", "256", "--threshold-loss-scale", "0.03125"), seed=1111,
@@ -157,7 +159,7 @@ LIU2020B_EN_FR = dict(
     paper="Liu et al. 2020b (Very Deep Transformers for NMT); Transformer-Clinic nmt-experiments/wmt14_en-fr.md",
     base_arch="transformer_wmt_en_de", data="data/wmt14_en_fr/data-bin",
     lr=7e-4, warmup_updates=8000, warmup_init_lr=1e-7, dropout=0.1, attention_dropout=0.1, activation_dropout=0.1,
-    clip_norm=0.0, weight_decay=0.0,
+    clip_norm=0.0, weight_decay=0.0, optimizer="radam", stop_min_lr=1e-9,
     published_gpus=16, published_max_tokens=5000, published_update_freq=16,
     max_update=None, max_epoch=50,
     fp16_args=("--fp16-scale-window", "256", "--threshold-loss-scale", "0.03125"), seed=1111,
@@ -172,7 +174,7 @@ LIU2020_IWSLT = dict(
     paper="Liu et al. 2020 (Admin), EMNLP; Transformer-Clinic nmt-experiments/iwslt14_de-en.md",
     base_arch="transformer_iwslt_de_en", data="data/iwslt14_de_en/data-bin",
     lr=7e-4, warmup_updates=6000, warmup_init_lr=1e-7, dropout=0.3, attention_dropout=0.1, activation_dropout=0.1,
-    clip_norm=0.0, weight_decay=1e-4,
+    clip_norm=0.0, weight_decay=1e-4, optimizer="radam",
     published_gpus=1, published_max_tokens=4096, published_update_freq=1,
     max_update=100000, max_epoch=90,
     fp16_args=("--fp16-scale-window", "256", "--threshold-loss-scale", "0.03125"), seed=1111,
@@ -188,7 +190,7 @@ TAKASE2023_EN_DE = dict(
     pair="en-de", source="takase2023",
     paper="Takase et al. 2023 (B2T connection), ACL Findings",
     base_arch="transformer_wmt_en_de", data="data/wmt14_en_de/data-bin",
-    lr=1e-3, warmup_updates=4000, warmup_init_lr=1e-7, clip_norm=0.1, weight_decay=0.0,
+    lr=1e-3, warmup_updates=4000, warmup_init_lr=1e-7, clip_norm=0.1, weight_decay=0.0, stop_min_lr=1e-9,
     published_gpus=8, published_max_tokens=3584, published_update_freq=16,
     max_update=50000, max_epoch=None,
     beam=4, lenpen=0.6, avg_checkpoints=10, bleu_metric="sacreBLEU (detokenized), newstest2014",
@@ -225,10 +227,13 @@ SETTINGS: list[Setting] = [
     Setting(**LIU2020_IWSLT, scheme="admin", encoder_layers=6, decoder_layers=6, bleu=35.67, notes="± 0.15"),
     # ---- B2T paper, WMT En-De, 6L and 18L ----
     Setting(**TAKASE2023_EN_DE, scheme="b2t", encoder_layers=6, decoder_layers=6, dropout=0.3, bleu=None),
-    Setting(**TAKASE2023_EN_DE, scheme="b2t", encoder_layers=18, decoder_layers=18, dropout=0.5, bleu=28.25,
-            notes="27.52 averaged over newstest2010-2016"),
-    Setting(**TAKASE2023_EN_DE, scheme="preln", encoder_layers=18, decoder_layers=18, dropout=0.5, bleu=27.36,
-            notes="B2T paper's Pre-LN baseline; 26.57 averaged over newstest2010-2016"),
+    # 18L adds word dropout 0.1 on both sides (README.md:45; 6L: "remove --sampling-method ...", README.md:50)
+    Setting(**TAKASE2023_EN_DE, scheme="b2t", encoder_layers=18, decoder_layers=18, dropout=0.5, word_dropout=0.1,
+            bleu=28.25, notes="27.52 averaged over newstest2010-2016"),
+    Setting(**TAKASE2023_EN_DE, scheme="preln", encoder_layers=18, decoder_layers=18, dropout=0.5, word_dropout=0.1,
+            bleu=27.36,
+            notes="B2T paper's Pre-LN baseline, on the B2T row's recipe (word dropout included); 26.57 averaged "
+                  "over newstest2010-2016"),
 ]
 
 
@@ -384,7 +389,7 @@ def build_train_command(setting: Setting, data_dir: Optional[str], save_dir: Opt
     train = [
         data_dir,
         "--user-dir", user_dir,
-        "--task", "admin_translation",
+        "--task", "translation",
         "--source-lang", s.src_lang, "--target-lang", s.tgt_lang,
         "--arch", s.arch,
         "--encoder-layers", str(s.encoder_layers), "--decoder-layers", str(s.decoder_layers),
@@ -402,6 +407,10 @@ def build_train_command(setting: Setting, data_dir: Optional[str], save_dir: Opt
         "--max-tokens", str(plan.max_tokens), "--update-freq", str(plan.update_freq),
         "--distributed-world-size", str(world),
     ]
+    if s.stop_min_lr is not None:
+        train += ["--stop-min-lr", _num(s.stop_min_lr)]
+    if s.word_dropout:
+        train += ["--encoder-word-dropout", _num(s.word_dropout), "--decoder-word-dropout", _num(s.word_dropout)]
     if s.max_update is not None:
         train += ["--max-update", str(s.max_update)]
     if s.max_epoch is not None:

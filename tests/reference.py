@@ -121,7 +121,7 @@ def pooled_var(tensors, pads):
     return float(np.var(np.concatenate(chunks)))
 
 
-def _profile_walk(sublayers, xs, pads):
+def _profile_walk(sublayers, xs, pads, count_padding=False):
     """Admin's profiling pass over one stack, each ω_i used as soon as it is known (as the official code does):
     ω_1 = 1, x_{i+1} = LN(x_i ω_i + f_i(x_i)), ω_{i+1} = sqrt(Var(x_i ω_i) + Var(f_i(x_i))).
     ``sublayers``: [(f(x, worker), ln)] bottom to top; ``xs``: the stack input of each worker."""
@@ -129,7 +129,8 @@ def _profile_walk(sublayers, xs, pads):
     for f_fn, ln in sublayers:
         fs = [f_fn(x, w) for w, x in enumerate(xs)]
         omegas.append(omega)
-        var_shortcut, var_branch = pooled_var([x * omega for x in xs], pads), pooled_var(fs, pads)
+        var_pads = [None] * len(pads) if count_padding else pads  # the official np.var over the whole tensor
+        var_shortcut, var_branch = pooled_var([x * omega for x in xs], var_pads), pooled_var(fs, var_pads)
         betas.append(var_branch / (var_shortcut + var_branch))  # Liu et al.'s residual dependency of sublayer i
         next_omega = math.sqrt(var_shortcut + var_branch)
         xs = [layer_norm(x * omega + f, ln) for x, f in zip(xs, fs)]
@@ -137,24 +138,26 @@ def _profile_walk(sublayers, xs, pads):
     return omegas, xs, betas
 
 
-def admin_profile_reference(encoder_layers, decoder_layers, batches, return_betas=False):
+def admin_profile_reference(encoder_layers, decoder_layers, batches, return_betas=False, count_padding=False):
     """Reference ω of both stacks. ``batches``: one dict per worker with ``enc_x``, ``enc_pad``, ``dec_x``,
     ``dec_pad`` (layer inputs after the embeddings); the encoder walk comes first, its outputs feed the decoder.
-    With ``return_betas``, also each sublayer's residual dependency β_i = Var(f_i) / (Var(x_i ω_i) + Var(f_i))."""
+    With ``return_betas``, also each sublayer's residual dependency β_i = Var(f_i) / (Var(x_i ω_i) + Var(f_i)).
+    With ``count_padding``, each Var covers every position, padding included (the official code's reading)."""
     enc_pads = [b["enc_pad"] for b in batches]
     dec_pads = [b["dec_pad"] for b in batches]
     enc_sublayers = []
     for l in encoder_layers:
         enc_sublayers += [(lambda h, w, l=l: attention(h, h, l.self_attn, enc_pads[w]), l.self_attn_layer_norm),
                           (lambda h, w, l=l: ffn(h, l), l.final_layer_norm)]
-    enc_omegas, enc_outs, enc_betas = _profile_walk(enc_sublayers, [b["enc_x"] for b in batches], enc_pads)
+    enc_omegas, enc_outs, enc_betas = _profile_walk(enc_sublayers, [b["enc_x"] for b in batches], enc_pads,
+                                                    count_padding)
     dec_sublayers = []
     for l in decoder_layers:
         dec_sublayers += [
             (lambda h, w, l=l: attention(h, h, l.self_attn, dec_pads[w], causal=True), l.self_attn_layer_norm),
             (lambda h, w, l=l: attention(h, enc_outs[w], l.encoder_attn, enc_pads[w]), l.encoder_attn_layer_norm),
             (lambda h, w, l=l: ffn(h, l), l.final_layer_norm)]
-    dec_omegas, _, dec_betas = _profile_walk(dec_sublayers, [b["dec_x"] for b in batches], dec_pads)
+    dec_omegas, _, dec_betas = _profile_walk(dec_sublayers, [b["dec_x"] for b in batches], dec_pads, count_padding)
     if return_betas:
         return (enc_omegas, dec_omegas), (enc_betas, dec_betas)
     return enc_omegas, dec_omegas

@@ -1,5 +1,6 @@
 """The real command line, as a user runs it: fairseq-train -> fairseq-generate / fairseq-interactive / hub, resume,
-and the start-up errors. Every scheme trains with ``--task admin_translation`` (Admin profiles inside the run)."""
+and the start-up errors. Every scheme trains under fairseq's own ``--task translation`` (Admin's model profiles ω
+itself at its first training batch)."""
 import os
 import re
 import signal
@@ -18,7 +19,7 @@ TINY_MODEL = ["--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed
 
 
 def train_args(data, save_dir, arch, *extra, max_update=8):
-    return ["fairseq-train", data, "--user-dir", USER_DIR, "--task", "admin_translation", "--arch", arch,
+    return ["fairseq-train", data, "--user-dir", USER_DIR, "--task", "translation", "--arch", arch,
             *TINY_MODEL, "--share-all-embeddings", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)",
             "--lr", "1e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "4", "--warmup-init-lr", "1e-7",
             "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--dropout", "0.1",
@@ -126,7 +127,7 @@ def test_kill_and_resume_keeps_omega_and_continues(synthetic_data, tmp_path):
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
-def _start_up_error(synthetic_data, tmp_path, arch, *extra, task="admin_translation"):
+def _start_up_error(synthetic_data, tmp_path, arch, *extra, task="translation"):
     args = train_args(synthetic_data, tmp_path, arch, *extra)
     args[args.index("--task") + 1] = task
     proc = run_cli(*args, check=False)
@@ -140,9 +141,17 @@ def test_admin_with_pre_ln_is_refused(synthetic_data, tmp_path):
     assert "admin is defined for Post-LN only" in err
 
 
-def test_admin_under_plain_translation_task_stops_naming_the_task(synthetic_data, tmp_path):
-    err = _start_up_error(synthetic_data, tmp_path, "admin_transformer", task="translation")
-    assert "--task admin_translation" in err
+@pytest.mark.parametrize("task", ["translation", "admin_translation"])
+def test_admin_profiles_at_its_first_batch_under_any_task(synthetic_data, tmp_path, task):
+    args = train_args(synthetic_data, tmp_path, "admin_transformer", "--admin-profile-save",
+                      tmp_path / "profile.ratio.init", max_update=2)
+    args[args.index("--task") + 1] = task
+    log = run_cli(*args)
+    assert log.stderr.count("admin: profiled ω on the first batch") + log.stdout.count("admin: profiled ω") == 1
+    assert bool(load_checkpoint(tmp_path / "checkpoint_last.pt")["model"]["omega_ready"])
+    resumed = run_cli(*train_args(synthetic_data, tmp_path, "admin_transformer", "--admin-profile-save",
+                                  tmp_path / "profile.ratio.init", max_update=4))
+    assert "admin: profiled" not in resumed.stdout + resumed.stderr  # resume never profiles again
 
 
 def test_profile_file_of_another_depth_is_refused(synthetic_data, tmp_path):

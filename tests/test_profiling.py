@@ -72,13 +72,44 @@ def test_profiling_counts_real_tokens_only():
     assert second[1] == pytest.approx(first[1], rel=1e-6)
 
 
-def test_unprofiled_admin_model_refuses_to_train():
+def test_unprofiled_admin_model_profiles_itself_at_its_first_training_forward():
+    """Under any task: the model's own first training forward sets ω, from that batch, and marks it ready; an
+    evaluation forward before it changes nothing."""
     model = _admin()
-    model.train()
-    with pytest.raises(RuntimeError, match="admin_translation"):
-        model(**random_batch(model.encoder.dictionary))
+    batch = random_batch(model.encoder.dictionary)
     model.eval()
-    model(**random_batch(model.encoder.dictionary))  # evaluation is allowed
+    model(**batch)
+    assert not bool(model.omega_ready)
+    expected = profile_model(_admin(), {"net_input": batch})
+    model.train()
+    model(**batch)
+    assert bool(model.omega_ready)
+    got = [[layer.residual.omega[i, 0].item() for layer in layers for i in range(len(layer.residual.sublayers))]
+           for layers in (model.encoder.layers, model.decoder.layers)]
+    assert got[0] == pytest.approx(expected[0], rel=1e-6) and got[1] == pytest.approx(expected[1], rel=1e-6)
+
+
+def test_profiling_leaves_the_random_state_as_it_found_it():
+    """The first update then draws the dropout masks profiling drew, as in the official restart with the same seed."""
+    model = _admin("--dropout", "0.1")  # dropout draws random numbers during profiling
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    profile_model(model, {"net_input": random_batch(model.encoder.dictionary)})
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_profile_tokens_all_counts_padding_as_the_official_code():
+    """--admin-profile-tokens all: np.var over the whole tensor, padding included (Transformer-Clinic
+    fairseq/fairseq/modules/transformer_layer.py:193-194), against the float64 reference reading it that way."""
+    model = _admin("--admin-profile-tokens", "all")
+    batch = random_batch(model.encoder.dictionary, bsz=4, src_len=9, tgt_len=7)
+    expected_enc, expected_dec = ref.admin_profile_reference(
+        model.encoder.layers, model.decoder.layers, [_stack_inputs(model, batch)], count_padding=True)
+    enc, dec = profile_model(model, {"net_input": batch})
+    assert enc == pytest.approx(expected_enc, rel=1e-9)
+    assert dec == pytest.approx(expected_dec, rel=1e-5)
+    real, _ = profile_model(_admin(), {"net_input": batch})
+    assert max(abs(a / b - 1) for a, b in zip(enc, real)) > 1e-3  # padding does move ω
 
 
 def test_profile_file_round_trip_is_bit_for_bit(tmp_path):

@@ -116,7 +116,7 @@ def test_dry_run_command_matches_table(setting, gpus, tmp_path):
     assert argv[0] == "fairseq-train" and argv[1] == "DATA"
     f = flags(argv[2:])
     assert f["--arch"] == f"{s.scheme}_{s.base_arch}"
-    assert f["--task"] == "admin_translation"
+    assert f["--task"] == "translation"  # Admin profiles inside the model under any task
     assert os.path.samefile(f["--user-dir"], os.path.join(ROOT, "fairseq_admin"))
     assert (f["--source-lang"], f["--target-lang"]) == tuple(s.pair.split("-"))
     assert (int(f["--encoder-layers"]), int(f["--decoder-layers"])) == (s.encoder_layers, s.decoder_layers)
@@ -127,7 +127,14 @@ def test_dry_run_command_matches_table(setting, gpus, tmp_path):
     assert float(f["--clip-norm"]) == s.clip_norm
     assert float(f["--weight-decay"]) == s.weight_decay
     assert float(f["--label-smoothing"]) == 0.1 and f["--criterion"] == "label_smoothed_cross_entropy"
-    assert f["--optimizer"] == "adam" and f["--lr-scheduler"] == "inverse_sqrt"
+    # the official scripts' optimizer: RAdam in every Transformer-Clinic command, Adam in B2T's README
+    assert f["--optimizer"] == ("radam" if s.source.startswith("liu2020") else "adam")
+    assert f["--lr-scheduler"] == "inverse_sqrt"
+    # fairseq 0.9's --min-lr 1e-09 (a stop criterion) is fairseq main's --stop-min-lr; IWSLT's script has none
+    assert f.get("--stop-min-lr") == (None if s.pair == "de-en" else "1e-09")
+    # the B2T 18L recipe's word dropout (--sampling-method worddrop --enc/dec-replace-rate 0.1)
+    expected_word_dropout = "0.1" if s.source == "takase2023" and s.encoder_layers == 18 else None
+    assert f.get("--encoder-word-dropout") == f.get("--decoder-word-dropout") == expected_word_dropout
     assert tuple(float(x) for x in f["--adam-betas"].strip("()").split(",")) == (0.9, 0.98)
     assert f["--share-all-embeddings"] is True and f["--fp16"] is True
     assert f.get("--max-update") == (str(s.max_update) if s.max_update else None)

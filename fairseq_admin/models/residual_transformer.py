@@ -16,6 +16,7 @@ from fairseq.modules.checkpoint_activations import checkpoint_wrapper
 from fairseq_admin.modules import SchemeDecoderLayer, SchemeEncoderLayer
 from fairseq_admin.modules.layer_init import LAYER_INITS
 from fairseq_admin.modules.word_dropout import DecoderWordDropout, word_dropout
+from fairseq_admin.profiling import check_profile_options, initialize_omega
 from fairseq_admin.schemes import SCHEMES, get_scheme
 
 logger = logging.getLogger(__name__)
@@ -69,15 +70,17 @@ class SchemeTransformerDecoder(TransformerDecoderBase):
 class ResidualTransformerModel(TransformerModel):
     """fairseq's Transformer whose residual connections follow ``--residual-scheme``.
 
-    When the scheme must be profiled before training (Admin with ``--admin-init profile``), the model carries a
-    ``omega_ready`` buffer, saved in checkpoints: False until ω is set, so a resumed run never profiles again and a
-    run that would train with ω = 1 stops at its first training batch with an error naming the task to use.
+    When the scheme must be profiled before training (Admin with ``--admin-init profile``), the model carries an
+    ``omega_ready`` buffer, saved in checkpoints: False until ω is set. Its first training forward sets ω (profiling
+    that batch, or ``--admin-profile-load``; fairseq_admin/profiling.py) under any fairseq task, then runs as usual;
+    a resumed run finds ``omega_ready`` True in its checkpoint and never profiles again.
     """
 
     def __init__(self, args, encoder, decoder):
         super().__init__(args, encoder, decoder)
         if get_scheme(args.residual_scheme).requires_profiling(args):
             self.register_buffer("omega_ready", torch.tensor(False))
+            check_profile_options(self)
         self.profiling = False  # set by fairseq_admin.profiling during its forward pass
 
     @classmethod
@@ -120,13 +123,12 @@ class ResidualTransformerModel(TransformerModel):
     def build_decoder(cls, cfg, tgt_dict, embed_tokens):
         return SchemeTransformerDecoder(cfg, tgt_dict, embed_tokens, no_encoder_attn=cfg.no_cross_attention)
 
-    def forward(self, *args, **kwargs):
+    def forward(self, src_tokens, src_lengths, prev_output_tokens, **kwargs):
         if self.training and not self.profiling and self.needs_profiling():
-            raise RuntimeError(
-                "this admin model's ω has not been initialized (--admin-init profile) and training would run with "
-                "ω = 1. Train with --task admin_translation, which profiles ω on the first batch, or give "
-                "--admin-profile-load PATH (same task), or choose a closed form with --admin-init O(logn)|O(1)|O(n).")
-        return super().forward(*args, **kwargs)
+            # Admin's ω, once, on the first training batch, under whatever task trains this model
+            initialize_omega(self, dict(src_tokens=src_tokens, src_lengths=src_lengths,
+                                        prev_output_tokens=prev_output_tokens, **kwargs))
+        return super().forward(src_tokens, src_lengths, prev_output_tokens, **kwargs)
 
     def needs_profiling(self) -> bool:
         return hasattr(self, "omega_ready") and not bool(self.omega_ready)

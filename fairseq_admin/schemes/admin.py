@@ -7,8 +7,8 @@ Post-LN with a rescaled shortcut (their Eq. 7):
 ω_i is a learnable per-dimension vector (the official ``--init-type adaptive``) or, as an option, a fixed scalar
 buffer. Its initial value comes from one of:
 
-* ``profile`` (default): Admin's profiling on a real training batch, done by the ``admin_translation`` task at the
-  first training step (see ``fairseq_admin/profiling.py``): ω_1 = 1, ω_{i+1} = sqrt(Var(x_i·ω_i) + Var(f_i(x_i))).
+* ``profile`` (default): Admin's profiling on a real training batch, done by the model at its first training
+  forward under any task (see ``fairseq_admin/profiling.py``): ω_1 = 1, ω_{i+1} = sqrt(Var(x_i·ω_i) + Var(f_i(x_i))).
 * a closed form from admin-torch's ``calculate_init(n, output_change_scale)``, n = residual sublayers in the stack
   (2N for an N-layer encoder, 3M for an M-layer decoder):
       O(logn):  ω = sqrt((n + 1) / ln(n + 1) − 1)    (admin-torch's default)
@@ -65,13 +65,18 @@ class Admin(ResidualScheme):
     def add_args(parser):
         parser.add_argument("--admin-init", choices=INIT_CHOICES,
                             help="admin: how ω is initialized. 'profile' (default): Admin's profiling on the first "
-                                 "training batch, omega_{i+1} = sqrt(Var(x_i*omega_i) + Var(f_i(x_i))) (needs "
-                                 "--task admin_translation). Closed forms (admin-torch), n = residual sublayers of "
+                                 "training batch, omega_{i+1} = sqrt(Var(x_i*omega_i) + Var(f_i(x_i))), under any "
+                                 "task. Closed forms (admin-torch), n = residual sublayers of "
                                  "the stack (2N encoder, 3M decoder): 'O(logn)': sqrt((n+1)/ln(n+1) - 1); "
                                  "'O(1)': sqrt(n); 'O(n)': 1")
         parser.add_argument("--admin-omega", choices=("vector", "scalar"),
                             help="admin: ω as a learnable per-dimension vector (default, the paper's) or a fixed "
                                  "scalar buffer per sublayer")
+        parser.add_argument("--admin-profile-save", metavar="PATH",
+                            help="admin: write the profiled ω in Transformer-Clinic's profile.ratio.init format")
+        parser.add_argument("--admin-profile-load", metavar="PATH",
+                            help="admin: initialize ω from a profile.ratio.init file (ours or Transformer-Clinic's) "
+                                 "instead of profiling; only read when a run starts from scratch")
         parser.add_argument("--admin-profile-tokens", choices=PROFILE_TOKENS,
                             help="admin: which positions each profiled Var counts: 'real' (default) the real tokens; "
                                  "'all' padding too, as the official code's np.var over the whole tensor "

@@ -1,0 +1,1 @@
+from .radam import FairseqRAdam  # noqa: F401  (registers --optimizer radam)
