@@ -29,7 +29,6 @@ its min-max spread, as throughput ratio scheme / vanilla = 1 / time ratio.
     python benchmarks/cost.py                  # the full measurement (6-6 and 18-18, every scheme)
 """
 import argparse
-import copy
 import gc
 import json
 import os
@@ -38,151 +37,17 @@ import shlex
 import statistics
 import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-USER_DIR = os.path.join(ROOT, "fairseq_admin")
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+from common import (ROOT, DEFAULT_RAW, DEFAULT_WORK, alternate, baseline_of, build, code_version,
+                    fixed_batches, gen_batches, make_generator, make_log, prepare_data, summarize, time_call,
+                    time_generate, time_train)
 
-DIMS = ["--encoder-embed-dim", "128", "--decoder-embed-dim", "128", "--encoder-ffn-embed-dim", "512",
-        "--decoder-ffn-embed-dim", "512", "--encoder-attention-heads", "4", "--decoder-attention-heads", "4",
-        "--share-all-embeddings"]
-TRAIN = ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", "1e-4", "--lr-scheduler", "inverse_sqrt",
-         "--warmup-updates", "4000", "--warmup-init-lr", "1e-7", "--criterion", "label_smoothed_cross_entropy",
-         "--label-smoothing", "0.1", "--dropout", "0.1", "--seed", "1", "--cpu", "--num-workers", "0"]
-
-
-def log(msg):
-    print(f"[cost {datetime.now(timezone.utc).strftime('%H:%M:%S')}Z] {msg}", flush=True)
+log = make_log("cost")
 
 
 def load():
     return round(os.getloadavg()[0], 2)
-
-
-# ---- building the real fairseq objects ------------------------------------------------------------------------------
-def baseline_of(name):
-    """The vanilla model a benchmarked model is compared with ('vanilla' itself: the A/A control, see --schemes)."""
-    from fairseq_admin.schemes import SCHEMES
-    return "vanilla-preln" if name in SCHEMES and SCHEMES[name].normalize_before else "vanilla"
-
-
-def model_argv(name, layers, data_bin, max_tokens, scheme_args=()):
-    """fairseq-train arguments of one benchmarked model: 'vanilla', 'vanilla-preln' or a scheme name; a scheme's
-    are followed by ``scheme_args`` (--scheme-args), which vanilla models never get."""
-    enc, dec = layers.split("-")
-    depth = ["--encoder-layers", enc, "--decoder-layers", dec]
-    if name.startswith("vanilla"):
-        extra = ["--encoder-normalize-before", "--decoder-normalize-before"] if name == "vanilla-preln" else []
-        head = ["--task", "translation", "--arch", "transformer"] + extra
-        scheme_args = ()
-    else:
-        head = ["--task", "admin_translation", "--arch", f"{name}_transformer"]
-    return [data_bin, "--user-dir", USER_DIR, *head, *depth, *DIMS, *TRAIN, "--max-tokens", str(max_tokens),
-            *scheme_args]
-
-
-def build(name, layers, data_bin, max_tokens, scheme_args=()):
-    import torch
-    from fairseq import options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-    from fairseq.trainer import Trainer
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, model_argv(name, layers, data_bin, max_tokens, scheme_args))
-    cfg = convert_namespace_to_omegaconf(args)
-    torch.manual_seed(1)
-    task = tasks.setup_task(cfg.task)
-    model = task.build_model(cfg.model)
-    criterion = task.build_criterion(cfg.criterion)
-    trainer = Trainer(cfg, task, model, criterion)
-    return {"name": name, "task": task, "model": model, "trainer": trainer, "cfg": cfg,
-            "params": sum(p.numel() for p in model.parameters()), "class": type(model).__name__}
-
-
-def fixed_batches(data_bin, n, max_tokens, split="train"):
-    """The first n batches of a seeded epoch of fairseq's own batching (max_tokens target+source per batch)."""
-    from fairseq import options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-    args = options.parse_args_and_arch(options.get_training_parser(),
-                                       model_argv("vanilla", "1-1", data_bin, max_tokens))
-    task = tasks.setup_task(convert_namespace_to_omegaconf(args).task)
-    task.load_dataset(split)
-    itr = task.get_batch_iterator(dataset=task.dataset(split), max_tokens=max_tokens, seed=1,
-                                  required_batch_size_multiple=1, num_workers=0).next_epoch_itr(shuffle=True)
-    return [b for _, b in zip(range(n), itr)]
-
-
-def gen_batches(data_bin, sentences, batch_size):
-    """Batches of the first ``sentences`` test_2016_flickr source sentences, in corpus order."""
-    from fairseq import options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-    args = options.parse_args_and_arch(options.get_training_parser(),
-                                       model_argv("vanilla", "1-1", data_bin, 100000))
-    task = tasks.setup_task(convert_namespace_to_omegaconf(args).task)
-    task.load_dataset("test")
-    ds = task.dataset("test")
-    ids = list(range(min(sentences, len(ds))))
-    return [ds.collater([ds[i] for i in ids[k:k + batch_size]]) for k in range(0, len(ids), batch_size)]
-
-
-# ---- timed units --------------------------------------------------------------------------------------------------
-def time_train(m, batches):
-    t, c = time.perf_counter(), time.process_time()
-    for b in batches:
-        m["trainer"].train_step([b])
-    return time.perf_counter() - t, time.process_time() - c
-
-
-def make_generator(m, gen_len):
-    from fairseq.sequence_generator import SequenceGenerator
-    return SequenceGenerator([m["model"]], m["task"].target_dictionary, beam_size=4, max_len_a=0,
-                             max_len_b=gen_len, min_len=gen_len, len_penalty=0.6)
-
-
-def time_generate(m, gen, batches):
-    m["model"].eval()
-    t, c = time.perf_counter(), time.process_time()
-    for b in batches:
-        m["task"].inference_step(gen, [m["model"]], b)
-    return time.perf_counter() - t, time.process_time() - c
-
-
-def alternate(run_v, run_s, rounds, warmup):
-    """V S V S ... S V; per-round wall and CPU (process) times, and the sandwich ratios
-    scheme / mean(neighbouring vanilla) of each. With one torch thread the CPU time is the time this process spent
-    computing, which other processes' load disturbs far less than the wall time; both are reported."""
-    tv, ts = [], []
-    for _ in range(rounds):
-        tv.append(run_v())
-        ts.append(run_s())
-    tv.append(run_v())
-    out = {"warmup_rounds_dropped": warmup}
-    for k, key in ((0, "wall"), (1, "cpu")):
-        v, s = [x[k] for x in tv], [x[k] for x in ts]
-        out[f"vanilla_{key}_s"] = [round(x, 4) for x in v]
-        out[f"scheme_{key}_s"] = [round(x, 4) for x in s]
-        out[f"{key}_time_ratios"] = [round(s[i] / ((v[i] + v[i + 1]) / 2), 4) for i in range(warmup, rounds)]
-    # compatibility with the first result files: the headline ratios are the wall-clock ones
-    out["vanilla_s"], out["scheme_s"], out["time_ratios"] = out["vanilla_wall_s"], out["scheme_wall_s"], \
-        out["wall_time_ratios"]
-    return out
-
-
-def summarize(res, work_units, unit):
-    """Throughput ratio scheme / vanilla = 1 / time ratio (median, min, max over the measured rounds), for the
-    wall-clock and the CPU time; throughputs from the median wall time."""
-    w = res["warmup_rounds_dropped"]
-    for key, prefix in (("wall", ""), ("cpu", "cpu_")):
-        thr = sorted(1 / r for r in res[f"{key}_time_ratios"])
-        res.update({f"{prefix}throughput_ratio_median": round(statistics.median(thr), 4),
-                    f"{prefix}throughput_ratio_min": round(thr[0], 4),
-                    f"{prefix}throughput_ratio_max": round(thr[-1], 4)})
-    v = statistics.median(res["vanilla_wall_s"][w:])
-    s = statistics.median(res["scheme_wall_s"][w:])
-    res.update({f"vanilla_{unit}_median": round(work_units / v, 1), f"scheme_{unit}_median": round(work_units / s, 1)})
-    return res
 
 
 # ---- memory (fresh subprocess per model) --------------------------------------------------------------------------
@@ -223,10 +88,10 @@ def measure_memory(a, name, layers):
 # ---- main ----------------------------------------------------------------------------------------------------------
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work", default=os.path.join(ROOT, "benchmarks", "work"),
+    p.add_argument("--work", default=DEFAULT_WORK,
                    help="where Multi30k is prepared if --data-bin is not given (default benchmarks/work)")
     p.add_argument("--data-bin", default=None, help="a fairseq data-bin of Multi30k En-De (default WORK/data/data-bin)")
-    p.add_argument("--raw-dir", default=os.path.join(os.path.dirname(ROOT), "shared", "data", "multi30k"))
+    p.add_argument("--raw-dir", default=DEFAULT_RAW)
     p.add_argument("--schemes", default=None,
                    help="comma list (default: every scheme in SCHEMES); 'vanilla' measures a second vanilla model "
                         "against the first: the A/A control, whose ratio shows the method's own bias and noise")
@@ -254,8 +119,7 @@ def main(argv=None):
         print(markdown(json.load(open(a.render))))
         return 0
     if a.data_bin is None:
-        from depth_grid import prepare_data
-        a.data_bin = os.path.join(prepare_data(os.path.abspath(a.work), a.raw_dir), "data-bin")
+        a.data_bin = os.path.join(prepare_data(os.path.abspath(a.work), a.raw_dir, log), "data-bin")
     if a.memory_worker:
         return memory_worker(a)
 
@@ -368,18 +232,13 @@ def main(argv=None):
 
 def measure_profiling(m, batch, rounds, warmup, profile_model):
     """Admin's profile_model alternated with a training step on the same batch (T P T P ... P T)."""
-    res = alternate(lambda: time_train(m, [batch]), lambda: _time(lambda: profile_model(m["model"], batch)),
+    res = alternate(lambda: time_train(m, [batch]), lambda: time_call(lambda: profile_model(m["model"], batch)),
                     rounds, warmup)
     r = sorted(res["cpu_time_ratios"] if res.get("cpu_time_ratios") else res["time_ratios"])
     return {"ratio_median": round(statistics.median(r), 4), "ratio_min": round(r[0], 4), "ratio_max": round(r[-1], 4),
             "train_step_s": res["vanilla_s"], "profile_s": res["scheme_s"], "batch_target_tokens": int(batch["ntokens"]),
             "load1": load()}
 
-
-def _time(fn):
-    t, c = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - t, time.process_time() - c
 
 
 def _fmt(r):
@@ -389,14 +248,6 @@ def _fmt(r):
                 f"{r['cpu_throughput_ratio_max']}]")
     return out + f", load {r['load1_start_end']}"
 
-
-def code_version():
-    """The commit and whether fairseq_admin/ had uncommitted changes when the measurement started."""
-    def git(*a):
-        r = subprocess.run(["git", "-C", ROOT, *a], capture_output=True, text=True)
-        return r.stdout.strip() if r.returncode == 0 else None
-    return {"commit": git("rev-parse", "--short", "HEAD"),
-            "fairseq_admin_uncommitted": git("status", "--porcelain", "--", "fairseq_admin")}
 
 
 def _uptime():

@@ -74,25 +74,25 @@ def main(argv=None):
         p.error(f"no data-bin at {a.data_bin}: run `bash benchmarks/cost.sh --smoke` once to prepare Multi30k")
 
     import torch
-    import cost
+    import common  # the model building shared with cost.py
     from fairseq_admin.schemes import SCHEMES
     torch.set_num_threads(1)
     schemes = a.schemes.split(",")
     unknown = [s for s in schemes if s not in SCHEMES]
     if unknown:
         p.error(f"unknown scheme(s) {', '.join(unknown)}; choose from {', '.join(SCHEMES)}")
-    batch = cost.gen_batches(a.data_bin, a.sentences, a.sentences)[0]
+    batch = common.gen_batches(a.data_bin, a.sentences, a.sentences)[0]
     counted = {}
-    for name in sorted({cost.baseline_of(s) for s in schemes}) + schemes:
-        m = cost.build(name, a.layers, a.data_bin, 3500)
-        counted[name] = count(m, cost.make_generator(m, a.gen_len), batch)
+    for name in sorted({common.baseline_of(s) for s in schemes}) + schemes:
+        m = common.build(name, a.layers, a.data_bin, 3500)
+        counted[name] = count(m, common.make_generator(m, a.gen_len), batch)
     report = {"layers": a.layers, "sentences": len(batch["id"]), "beam": 4, "gen_len_pinned": a.gen_len,
               "command": " ".join([sys.executable] + sys.argv), "models": {}}
     for name, (ops, calls) in counted.items():
         row = {"operators": sum(ops.values()), "python_calls": sum(calls.values())}
         if name in schemes:
-            base_ops, base_calls = counted[cost.baseline_of(name)]
-            row.update(baseline=cost.baseline_of(name), operators_minus_baseline=difference(ops, base_ops),
+            base_ops, base_calls = counted[common.baseline_of(name)]
+            row.update(baseline=common.baseline_of(name), operators_minus_baseline=difference(ops, base_ops),
                        python_calls_minus_baseline=difference(calls, base_calls))
         report["models"][name] = row
         print(f"{a.layers} {name}: {row['operators']} operators, {row['python_calls']} Python calls", flush=True)

@@ -15,7 +15,6 @@ stops a second grid process (2 CPU cores: two trainings would halve each other's
     python benchmarks/depth_grid.py --render            # table + PNG curves from the result files only
 """
 import argparse
-import collections
 import fcntl
 import glob
 import json
@@ -29,16 +28,14 @@ import threading
 import time
 from datetime import datetime, timezone
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import DEFAULT_RAW, DEFAULT_WORK, ROOT, code_version, hypothesis_stats, make_log, sacrebleu_of_pieces
+from common import prepare_data as _prepare_data
 
-from cost import code_version  # noqa: E402  (benchmarks/ is on sys.path when this script runs)
-DEFAULT_WORK = os.path.join(ROOT, "benchmarks", "work")
 DEFAULT_RESULTS = os.path.join(ROOT, "benchmarks", "results", "grid")
-DEFAULT_RAW = os.path.join(os.path.dirname(ROOT), "shared", "data", "multi30k")
 # Most informative first: the paper's claims are about deep Post-LN vs its fixes.
 PRIORITY = ("postln", "admin", "preln", "b2t", "deepnorm")
 
-# Identical for every scheme and regime (METHODS.md, "Measured on this project's machines").
+# Identical for every scheme and regime (benchmarks/HISTORY.md, "Before the plugin").
 MODEL_ARGS = [
     "--encoder-embed-dim", "128", "--decoder-embed-dim", "128",
     "--encoder-ffn-embed-dim", "512", "--decoder-ffn-embed-dim", "512",
@@ -47,7 +44,7 @@ MODEL_ARGS = [
     "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)",
 ]
 REGIMES = {
-    # METHODS.md's setting: the one under which 18-18 Post-LN stalled at 9.88 after 400 updates.
+    # the setting under which 18-18 Post-LN stalled at 9.88 after 400 updates.
     "standard": {"args": ["--lr", "1e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "200",
                           "--warmup-init-lr", "1e-7"],
                  "desc": "lr 1e-3, inverse_sqrt, 200 linear warm-up updates from 1e-7"},
@@ -57,8 +54,7 @@ REGIMES = {
 }
 
 
-def log(msg):
-    print(f"[depth_grid {datetime.now(timezone.utc).strftime('%H:%M:%S')}Z] {msg}", flush=True)
+log = make_log("depth_grid")
 
 
 def available_schemes():
@@ -74,15 +70,7 @@ def cell_name(regime, scheme, layers, seed):
 
 # ---- data --------------------------------------------------------------------------------------------------------
 def prepare_data(work, raw_dir):
-    data = os.path.join(work, "data")
-    need = [os.path.join(data, "data-bin", "dict.en.txt"), os.path.join(data, "data-bin", "test.en-de.de.bin"),
-            os.path.join(data, "spm.model"), os.path.join(data, "test.raw.de")]
-    if not all(os.path.exists(p) for p in need):
-        log(f"preparing Multi30k En-De in {data} (sentencepiece 8k) from {raw_dir}")
-        env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-        subprocess.run(["bash", os.path.join(ROOT, "data-prep", "prepare-multi30k.sh"), "--out", data,
-                        "--raw-dir", raw_dir, "--vocab-size", "8000"], check=True, env=env)
-    return data
+    return _prepare_data(work, raw_dir, log)
 
 
 def unigram_baseline(data):
@@ -166,7 +154,7 @@ def parse_log(path):
 def judge(train, valid, fpe, unigram_bits, jump_bits=2.0):
     """divergence: a non-finite loss/gradient (fairseq stops with FloatingPointError), or a validation loss more
     than ``jump_bits`` above its best so far (explosion). stall: final valid nll within 0.5 bit of the unigram
-    level (the model ignores its input, METHODS.md's deep Post-LN failure)."""
+    level (the model ignores its input: the deep Post-LN failure)."""
     diverged_at, reason = None, None
     for p in train:
         if not math.isfinite(p["loss"]) or math.isinf(p["gnorm"]):
@@ -210,8 +198,8 @@ class LoadSampler(threading.Thread):
 
 
 def checkpoint_updates(path):
-    import torch
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    from fairseq_admin.checkpoint_safety import load_checkpoint  # weights-only, fairseq's allow-list
+    state = load_checkpoint(path)
     return int(state["optimizer_history"][-1]["num_updates"])
 
 
@@ -219,8 +207,6 @@ def generate_bleu(args, data, ckpt, out_dir):
     """Beam 4 / lenpen 0.6 on test_2016_flickr (every sentence: --required-batch-size-multiple 1), sentencepiece
     decoding, sacreBLEU (13a) against the raw references. Output length is capped at 1.2*src+10 tokens so that a
     stalled model cannot spend minutes on 200-token hypotheses (Multi30k references are short)."""
-    import sacrebleu
-    import sentencepiece as spm
     cmd = [sys.executable, "-m", "fairseq_cli.generate", os.path.join(data, "data-bin"),
            "--user-dir", os.path.join(ROOT, "fairseq_admin"), "--task", "admin_translation",
            "--path", ckpt, "--gen-subset", "test", "--beam", "4", "--lenpen", "0.6",
@@ -241,27 +227,12 @@ def generate_bleu(args, data, ckpt, out_dir):
         if line.startswith("H-"):
             head, _score, text = (line.split("\t") + ["", ""])[:3]
             hyps[int(head[2:])] = text
-    refs = open(os.path.join(data, "test.raw.de"), encoding="utf-8").read().rstrip("\n").split("\n")
-    if len(hyps) != len(refs) or sorted(hyps) != list(range(len(refs))):
-        raise RuntimeError(f"{len(hyps)} hypotheses for {len(refs)} references")
-    sp = spm.SentencePieceProcessor(model_file=os.path.join(data, "spm.model"))
-    detok = [sp.decode_pieces(hyps[i].split()) for i in range(len(refs))]
+    detok, score = sacrebleu_of_pieces(data, hyps)
     with open(os.path.join(out_dir, "test.hyp.de"), "w", encoding="utf-8") as f:
         f.write("\n".join(detok) + "\n")
-    metric = sacrebleu.BLEU()
-    bleu = metric.corpus_score(detok, [refs])
-    sig = str(metric.get_signature())
-    return {"bleu": round(bleu.score, 2), "bleu_str": str(bleu), "signature": sig, "generate_seconds": round(gen_s, 1),
-            "sentences": len(refs), **hypothesis_stats(detok), "generate_threads": threads,
-            "generate_command": " ".join(cmd)}
-
-
-def hypothesis_stats(hyps):
-    """How many different outputs the model gave for its 1,000 different inputs. A model that ignores the source
-    (a fluent target-side language model) can have a loss far below the unigram level and still emit the same few
-    sentences for every input: BLEU alone does not say why it is low, this does."""
-    counts = collections.Counter(hyps)
-    return {"distinct_hypotheses": len(counts), "most_common_hypothesis_count": max(counts.values(), default=0)}
+    return {"bleu": score["bleu"], "bleu_str": score["bleu_str"], "signature": score["signature"],
+            "generate_seconds": round(gen_s, 1), "sentences": score["sentences"], **hypothesis_stats(detok),
+            "generate_threads": threads, "generate_command": " ".join(cmd)}
 
 
 def recount_hypotheses(results_dir, work_dirs):
@@ -550,28 +521,45 @@ def _fmt(x):
 
 
 def plot(rows, results_dir):
+    """One PNG per (regime, layers): valid loss, train loss and each run's sacreBLEU; the scheme decides the colour
+    (fairseq_admin.diagnostics.SCHEME_COLORS, the same in every figure), the seed the line style; the legend sits
+    outside the axes and the bottom line states the setting."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from fairseq_admin.diagnostics import scheme_color
+    styles = ("-", "--", ":", "-.")
     groups = {}
     for r in rows:
         groups.setdefault((r["regime"], r["layers"]), []).append(r)
     out = []
     for (regime, layers), rs in groups.items():
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+        rs = sorted(rs, key=lambda r: (r["scheme"], r["seed"]))
+        fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.4), layout="constrained",
+                                            gridspec_kw={"width_ratios": [3, 3, 2]})
         for r in rs:
             label = f"{r['scheme']} s{r['seed']}" + (" (diverged)" if r["diverged"] else "")
+            style = dict(color=scheme_color(r["scheme"]), ls=styles[(r["seed"] - 1) % len(styles)])
             v = [p for p in r["valid_curve"] if math.isfinite(p["loss"])]
-            ax1.plot([p["update"] for p in v], [p["loss"] for p in v], marker="o", label=label)
+            ax1.plot([p["update"] for p in v], [p["loss"] for p in v], marker="o", ms=3, label=label, **style)
             t = [p for p in r["train_curve"] if math.isfinite(p["loss"])]
-            ax2.plot([p["update"] for p in t], [p["loss"] for p in t], label=label)
+            ax2.plot([p["update"] for p in t], [p["loss"] for p in t], **style)
         if rs[0].get("unigram_valid_bits"):
             ax1.axhline(rs[0]["unigram_valid_bits"], color="grey", ls="--", lw=0.8, label="unigram (nll)")
-        ax1.set(title=f"valid loss — {regime}, {layers}", xlabel="update", ylabel="bits/token")
-        ax2.set(title=f"train loss — {regime}, {layers}", xlabel="update", ylabel="bits/token")
-        ax1.legend(fontsize=8)
-        ax2.legend(fontsize=8)
-        fig.tight_layout()
+        scored = [r for r in rs if r.get("bleu") is not None]
+        ax3.barh(range(len(scored)), [r["bleu"] for r in scored], color=[scheme_color(r["scheme"]) for r in scored])
+        ax3.set_yticks(range(len(scored)), [f"{r['scheme']} s{r['seed']}" for r in scored], fontsize=8)
+        ax3.invert_yaxis()
+        for i, r in enumerate(scored):
+            ax3.text(r["bleu"], i, f" {r['bleu']:.2f}", va="center", fontsize=7)
+        ax1.set(title="valid loss", xlabel="update", ylabel="bits/token")
+        ax2.set(title="train loss", xlabel="update", ylabel="bits/token")
+        ax3.set(title="sacreBLEU, test_2016_flickr, beam 4", xlabel="BLEU")
+        fig.legend(*ax1.get_legend_handles_labels(), loc="outside right center", fontsize=8)
+        fig.suptitle(f"Multi30k En-De, {regime} regime, {layers} layers (encoder-decoder)", fontsize=10)
+        fig.supxlabel(f"{regime}: {rs[0].get('regime_desc', '')}; d=128, ffn 512, 4 heads; "
+                      f"{rs[0].get('max_update')} updates of {rs[0].get('max_tokens')} tokens", fontsize=8)
         path = os.path.join(results_dir, f"{regime}_{layers}.png")
         fig.savefig(path, dpi=90)
         plt.close(fig)

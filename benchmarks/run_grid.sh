@@ -12,7 +12,7 @@ usage: bash benchmarks/run_grid.sh [--schemes a,b] [--layers 18-18,6-6] [--regim
 Multi30k En-De (train / val / test_2016_flickr from ../shared/data/multi30k, sentencepiece 8k prepared into
 WORK/data), d=128 / ffn 512 / 4 heads, Adam (0.9, 0.98), ~3.5k target tokens per update, dropout 0.1,
 label smoothing 0.1, every scheme of fairseq_admin.schemes.SCHEMES (default order postln, admin, preln, b2t, deepnorm).
-Regimes: standard   = lr 1e-3, inverse_sqrt, 200 warm-up updates (METHODS.md's measurement)
+Regimes: standard   = lr 1e-3, inverse_sqrt, 200 warm-up updates (where vanilla 18-18 Post-LN stalled)
          aggressive = lr 2e-3 constant, no warm-up
 Each cell: fairseq-train --task admin_translation --arch <scheme>_transformer (validation + checkpoint every 50
 updates), then beam 4 / lenpen 0.6 on test_2016_flickr, sentencepiece decoding, sacreBLEU; result in

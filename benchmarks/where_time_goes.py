@@ -19,7 +19,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__))))
-import cost  # noqa: E402  (same model building and fixed batches as cost.py)
+import common  # noqa: E402  (same model building and fixed batches as cost.py)
 
 
 def plugin_time(stats):
@@ -28,7 +28,7 @@ def plugin_time(stats):
     for (filename, line, func), (cc, nc, tt, ct, callers) in stats.stats.items():
         if "fairseq_admin" in filename:
             own += tt
-            rows.append((tt, ct, nc, f"{os.path.relpath(filename, cost.ROOT)}:{line} {func}"))
+            rows.append((tt, ct, nc, f"{os.path.relpath(filename, common.ROOT)}:{line} {func}"))
     rows.sort(reverse=True)
     return own, rows[:8]
 
@@ -49,7 +49,7 @@ def profile(fn):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-bin", default=os.path.join(cost.ROOT, "benchmarks", "work", "data", "data-bin"))
+    p.add_argument("--data-bin", default=os.path.join(common.ROOT, "benchmarks", "work", "data", "data-bin"))
     p.add_argument("--layers", default="18-18")
     p.add_argument("--schemes", default=None)
     p.add_argument("--steps", type=int, default=2)
@@ -61,16 +61,16 @@ def main():
     torch.set_num_threads(a.threads)
     from fairseq_admin.schemes import SCHEMES
     schemes = a.schemes.split(",") if a.schemes else list(SCHEMES)
-    batches = cost.fixed_batches(a.data_bin, a.steps, 3500)
-    gb = cost.gen_batches(a.data_bin, 32, 32)
+    batches = common.fixed_batches(a.data_bin, a.steps, 3500)
+    gb = common.gen_batches(a.data_bin, 32, 32)
     out = {"layers": a.layers, "threads": a.threads, "load_start": os.getloadavg(), "models": {}}
     for name in ["vanilla"] + schemes:
-        m = cost.build(name, a.layers, a.data_bin, 3500)
-        cost.time_train(m, batches[:1])  # warm-up (Admin profiles here)
-        tr = profile(lambda: cost.time_train(m, batches))
-        g = cost.make_generator(m, a.gen_len)
-        cost.time_generate(m, g, gb)
-        ge = profile(lambda: cost.time_generate(m, g, gb))
+        m = common.build(name, a.layers, a.data_bin, 3500)
+        common.time_train(m, batches[:1])  # warm-up (Admin profiles here)
+        tr = profile(lambda: common.time_train(m, batches))
+        g = common.make_generator(m, a.gen_len)
+        common.time_generate(m, g, gb)
+        ge = profile(lambda: common.time_generate(m, g, gb))
         out["models"][name] = {"train": tr, "generate": ge}
         print(f"{name:10s} train {tr['wall_s']:.2f}s, plugin Python {tr['plugin_share'] * 100:.2f}%; "
               f"generate {ge['wall_s']:.2f}s, plugin Python {ge['plugin_share'] * 100:.2f}%", flush=True)
@@ -79,7 +79,7 @@ def main():
         for r in ge["top_plugin_functions"][:4]:
             print(f"    gen    {r['tottime_s']:.4f}s {r['calls']:6d} calls  {r['where']}")
     out["load_end"] = os.getloadavg()
-    path = a.out or os.path.join(cost.ROOT, "benchmarks", "results", f"where-time-goes-{a.layers}.json")
+    path = a.out or os.path.join(common.ROOT, "benchmarks", "results", f"where-time-goes-{a.layers}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     json.dump(out, open(path, "w"), indent=1)
     print("wrote", path)

@@ -51,10 +51,10 @@ parse_args() {
         esac
     done
     [[ -n $OUT ]] || { usage >&2; die "--out DIR is required"; }
-    [[ $VOCAB_SIZE =~ ^[0-9]+$ ]] || die "--vocab-size must be a positive integer, got '$VOCAB_SIZE'"
-    [[ $MAX_SENTENCES =~ ^[0-9]+$ ]] || die "--max-sentences must be a positive integer, got '$MAX_SENTENCES'"
+    [[ $VOCAB_SIZE =~ ^[1-9][0-9]*$ ]] || die "--vocab-size must be a positive integer, got '$VOCAB_SIZE'"
+    [[ $MAX_SENTENCES =~ ^[1-9][0-9]*$ ]] || die "--max-sentences must be a positive integer, got '$MAX_SENTENCES'"
     if [[ -z $WORKERS ]]; then WORKERS="$(nproc 2>/dev/null || echo 1)"; fi
-    [[ $WORKERS =~ ^[0-9]+$ ]] || die "--workers must be a positive integer, got '$WORKERS'"
+    [[ $WORKERS =~ ^[1-9][0-9]*$ ]] || die "--workers must be a positive integer, got '$WORKERS'"
     [[ $SRC != "$TGT" ]] || die "source and target language are both '$SRC'"
     if [[ -n $RAW_DIR ]]; then
         [[ -d $RAW_DIR ]] || die "--raw-dir $RAW_DIR is not a directory"
@@ -94,6 +94,14 @@ has_pair() { [[ -n "$(pair_file "$1" "$SRC")" && -n "$(pair_file "$1" "$TGT")" ]
 
 require_pair() {
     has_pair "$1" || die "missing input: need $1.$SRC and $1.$TGT (optionally .gz) -- see --help for the layout"
+    local lang f
+    for lang in "$SRC" "$TGT"; do
+        f="$(pair_file "$1" "$lang")"
+        case "$f" in
+            *.gz) [[ -n "$(gzip -dc "$f" 2> /dev/null | head -c 1)" ]] || die "input $f is empty (or not gzip)" ;;
+            *) [[ -s $f ]] || die "input $f is empty" ;;
+        esac
+    done
 }
 
 # copy_text SRC_FILE DEST: copy a (possibly gzipped) text file, verifying gzip integrity.

@@ -24,6 +24,14 @@ from torch import Tensor
 from fairseq_admin.profiling import unwrap_model
 
 STACKS = ("encoder", "decoder")
+#: one fixed colour per scheme in every plot (fairseq-admin-diagnose, benchmarks/depth_grid.py), never by position
+SCHEME_COLORS = {"postln": "tab:blue", "preln": "tab:orange", "admin": "tab:green", "b2t": "tab:red",
+                 "deepnorm": "tab:purple", "vanilla": "tab:gray"}
+
+
+def scheme_color(scheme: str) -> str:
+    """The plot colour of ``scheme`` (:data:`SCHEME_COLORS`; black for a scheme not listed there)."""
+    return SCHEME_COLORS.get(scheme, "black")
 #: which modules of fairseq's layer make each residual sublayer's branch f_i (weights = their >= 2-D parameters)
 SUBLAYER_MODULES = {"self_attn": ("self_attn",), "cross_attn": ("encoder_attn",), "ffn": ("fc1", "fc2")}
 

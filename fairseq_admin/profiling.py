@@ -29,6 +29,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from fairseq_admin.errors import OptionError
+
 logger = logging.getLogger(__name__)
 
 
@@ -156,7 +158,7 @@ def apply_profile(model, encoder_values: Sequence[float], decoder_values: Sequen
         layers = model.scheme_layers(stack)
         expected = _num_sublayers(layers)
         if len(values) != expected:
-            raise ValueError(f"{stack}: expected {expected} ω values, found {len(values)}")
+            raise OptionError(f"{stack}: expected {expected} ω values, found {len(values)}")
         it = iter(values)
         for scheme in layers:
             for sublayer in range(len(scheme.sublayers)):
@@ -196,17 +198,17 @@ def read_profile(path: str, num_encoder: int, num_decoder: int) -> Tuple[List[fl
     2^-126 <= ω <= float32's max), written as a plain decimal or exponent number (no ``_`` digit separators)."""
     float32_tiny, float32_max = 2.0 ** -126, (2.0 - 2.0 ** -23) * 2.0 ** 127
     if not os.path.isfile(path):
-        raise ValueError(f"admin profile {path!r} does not exist")
+        raise OptionError(f"admin profile {path!r} does not exist")
     try:
         with open(path, encoding="utf-8") as f:
             lines = [line for line in f.read().splitlines() if line.strip()]
     except UnicodeDecodeError as exc:
         bad = exc.object[exc.start:exc.start + 4]
-        raise ValueError(f"admin profile {path!r} is not UTF-8 text (byte {exc.start}: {bad!r}); expected lines "
+        raise OptionError(f"admin profile {path!r} is not UTF-8 text (byte {exc.start}: {bad!r}); expected lines "
                          "'<index> <omega>'") from None
     expected = num_encoder + num_decoder
     if len(lines) != expected:
-        raise ValueError(
+        raise OptionError(
             f"admin profile {path!r} has {len(lines)} lines, but this model needs {expected}: {num_encoder} encoder "
             f"sublayers (2 x {num_encoder // 2} layers) then {num_decoder} decoder sublayers "
             f"(3 x {num_decoder // 3} layers). Was it made for another depth?")
@@ -216,17 +218,17 @@ def read_profile(path: str, num_encoder: int, num_decoder: int) -> Tuple[List[fl
         stack = "encoder" if lineno <= num_encoder else "decoder"
         fields = line.split()
         if len(fields) != 2 or not fields[0].isascii() or not fields[0].isdigit() or "_" in fields[1]:
-            raise ValueError(f"admin profile {path!r} line {lineno}: expected '<index> <omega>', found {line!r}")
+            raise OptionError(f"admin profile {path!r} line {lineno}: expected '<index> <omega>', found {line!r}")
         try:
             index, value = int(fields[0]), float(fields[1])
         except ValueError:
-            raise ValueError(f"admin profile {path!r} line {lineno}: expected '<index> <omega>', "
+            raise OptionError(f"admin profile {path!r} line {lineno}: expected '<index> <omega>', "
                              f"found {line!r}") from None
         if index != want_index:
-            raise ValueError(f"admin profile {path!r} line {lineno}: expected {stack} sublayer index {want_index}, "
+            raise OptionError(f"admin profile {path!r} line {lineno}: expected {stack} sublayer index {want_index}, "
                              f"found {fields[0]} (was it made for another depth?)")
         if not math.isfinite(value) or not float32_tiny <= value <= float32_max:
-            raise ValueError(f"admin profile {path!r} line {lineno}: ω must be finite and positive and a normal "
+            raise OptionError(f"admin profile {path!r} line {lineno}: ω must be finite and positive and a normal "
                              f"float32 (between {float32_tiny:.8g} and {float32_max:.8g}), found {fields[1]}")
         values.append(value)
     return values[:num_encoder], values[num_encoder:]
@@ -240,23 +242,41 @@ def profile_options(model) -> Tuple[Optional[str], Optional[str]]:
 
 
 def check_profile_options(model) -> None:
-    """At model build, before any work: the profile options must be usable (a load file that exists is read and
-    checked against the depth now; one that is absent is only needed if a run starts from scratch)."""
+    """At model build: the two profile options exclude each other. Nothing here reads or writes a file: a model
+    rebuilt from its checkpoint (fairseq-generate, the hub, export) carries these paths in its config but never uses
+    them; the files are checked by :func:`prepare_omega_before_training`."""
     load, save = profile_options(model)
     if load and save:
-        raise ValueError("give --admin-profile-load or --admin-profile-save, not both")
+        raise OptionError("give --admin-profile-load or --admin-profile-save, not both")
+
+
+def _check_profile_files(model) -> None:
+    """Before a fresh run's first update: the save path is writable, the load file fits the depth."""
+    load, save = profile_options(model)
     if save:
         if os.path.isdir(save):
-            raise ValueError(f"--admin-profile-save {save!r} is a directory; give a file path, e.g. "
+            raise OptionError(f"--admin-profile-save {save!r} is a directory; give a file path, e.g. "
                              f"{os.path.join(save, 'profile.ratio.init')}")
         parent = os.path.dirname(os.path.abspath(save))
         existing = parent
         while not os.path.exists(existing):
             existing = os.path.dirname(existing)
         if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
-            raise ValueError(f"--admin-profile-save {save!r}: cannot write into {existing!r}")
-    if load and os.path.exists(load):
+            raise OptionError(f"--admin-profile-save {save!r}: cannot write into {existing!r}")
+    if load:
         read_profile(load, *profile_sizes(model))
+
+
+def prepare_omega_before_training(model) -> None:
+    """Called once by fairseq-train after its resume step, before the first update (fairseq_admin/
+    checkpoint_safety.py): a fresh Admin run checks its profile files now (so a bad one stops it before any training)
+    and, with ``--admin-profile-load``, sets ω from the file. A resumed run or another model: nothing."""
+    model = unwrap_model(model)
+    if not getattr(model, "needs_profiling", lambda: False)():
+        return
+    _check_profile_files(model)
+    if profile_options(model)[0]:
+        initialize_omega(model, None)
 
 
 def initialize_omega(model, net_input) -> None:

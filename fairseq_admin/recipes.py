@@ -15,7 +15,7 @@ This module uses the standard library only (no torch, no fairseq import), so `--
 Everything after a bare `--` is passed to fairseq-train unchanged, after the recipe's flags (argparse: the last
 occurrence of a flag wins, so `-- --lr 5e-4` overrides the recipe's --lr; a note says so on stderr).
 
-Sources, as summarized in docs/METHODS.md:
+Sources (docs/methods.md summarizes them):
   liu2020   Liu et al., EMNLP 2020, "Understanding the Difficulty of Training Transformers" (Admin); official code
             github.com/LiyuanLucasLiu/Transformer-Clinic, nmt-experiments/{wmt14_en-de,iwslt14_de-en}.md
   liu2020b  Liu et al. 2020b, "Very Deep Transformers for Neural Machine Translation" (Admin 60L-12L WMT14 En-Fr);
@@ -79,7 +79,7 @@ class Setting:
     beam: int
     lenpen: float
     avg_checkpoints: int
-    bleu: Optional[float]        # the published score, when docs/METHODS.md gives one
+    bleu: Optional[float]        # the published score, where the paper (or its code's README) gives one
     bleu_metric: str             # what that score is (test set, tokenized or sacreBLEU)
     # --- the rest, identical across most rows
     attention_dropout: float = 0.0
@@ -89,6 +89,7 @@ class Setting:
     optimizer: str = "adam"
     stop_min_lr: Optional[float] = None  # fairseq 0.9's --min-lr (a stop criterion), as the official scripts give it
     word_dropout: float = 0.0    # the B2T 18L recipe's --sampling-method worddrop --enc/dec-replace-rate
+    layer_init: Optional[str] = None  # --layer-init of the paper's code base (None: the scheme's default)
     adam_betas: tuple = (0.9, 0.98)
     lr_scheduler: str = "inverse_sqrt"
     share_all_embeddings: bool = True
@@ -133,19 +134,22 @@ class Setting:
 # Optimizer: the Admin paper's rows (Post-LN, Pre-LN and Admin alike) use RAdam with betas (0.9, 0.98), as every
 # command of Transformer-Clinic's nmt-experiments/*.md does (`--optimizer radam --user-dir ../radam_fairseq`):
 # `--optimizer radam` is registered by this plugin (fairseq_admin/optim/radam.py, the official update rule). The B2T
-# rows use Adam (takase/b2t_connection README.md:40-47). `-- --optimizer adam` switches a row.
+# rows use Adam (takase/b2t_connection README.md:39-47). `-- --optimizer adam` switches a row.
+# Initialization: Transformer-Clinic is a fairseq 0.9 fork, so its Post-LN and Pre-LN baselines (`--init-type default`)
+# start from fairseq 0.9's layers as Admin does: the liu2020/liu2020b rows pass `--layer-init fairseq-0.9` for every
+# scheme (docs/methods.md); the B2T rows keep fairseq main's (the B2T code's).
 # `--min-lr 1e-09` of the official scripts is fairseq 0.9's stop criterion (train while lr > min_lr, e.g.
 # takase/b2t_connection fairseq_cli/train.py:96); fairseq main calls it `--stop-min-lr`, which the rows carry.
 
 # Liu et al. 2020 (Admin), WMT14 En-De, Transformer-Clinic nmt-experiments/wmt14_en-de.md: 4 GPUs x 8192 tokens,
 # --max-update 500000 as a cap; the evaluation script averages the 10 epoch checkpoints up to epoch 100
-# (eval_wmt_en-de.sh, UPPER_BOUND=100), i.e. 100 epochs of training. METHODS.md: beam 4 / lenpen 0.6, tokenized BLEU.
+# (eval_wmt_en-de.sh, UPPER_BOUND=100), i.e. 100 epochs of training. Evaluation: beam 4 / lenpen 0.6, tokenized BLEU.
 LIU2020_EN_DE = dict(
     pair="en-de", source="liu2020",
     paper="Liu et al. 2020 (Admin), EMNLP; Transformer-Clinic nmt-experiments/wmt14_en-de.md",
     base_arch="transformer_wmt_en_de", data="data/wmt14_en_de/data-bin",
     lr=1e-3, warmup_updates=8000, warmup_init_lr=1e-7, dropout=0.1, attention_dropout=0.1, activation_dropout=0.1,
-    clip_norm=0.0, weight_decay=0.0, optimizer="radam", stop_min_lr=1e-9,
+    clip_norm=0.0, weight_decay=0.0, optimizer="radam", stop_min_lr=1e-9, layer_init="fairseq-0.9",
     published_gpus=4, published_max_tokens=8192, published_update_freq=1,
     max_update=500000, max_epoch=100,
     fp16_args=("--fp16-scale-window", "256", "--threshold-loss-scale", "0.03125"), seed=1111,
@@ -159,7 +163,7 @@ LIU2020B_EN_FR = dict(
     paper="Liu et al. 2020b (Very Deep Transformers for NMT); Transformer-Clinic nmt-experiments/wmt14_en-fr.md",
     base_arch="transformer_wmt_en_de", data="data/wmt14_en_fr/data-bin",
     lr=7e-4, warmup_updates=8000, warmup_init_lr=1e-7, dropout=0.1, attention_dropout=0.1, activation_dropout=0.1,
-    clip_norm=0.0, weight_decay=0.0, optimizer="radam", stop_min_lr=1e-9,
+    clip_norm=0.0, weight_decay=0.0, optimizer="radam", stop_min_lr=1e-9, layer_init="fairseq-0.9",
     published_gpus=16, published_max_tokens=5000, published_update_freq=16,
     max_update=None, max_epoch=50,
     fp16_args=("--fp16-scale-window", "256", "--threshold-loss-scale", "0.03125"), seed=1111,
@@ -174,7 +178,7 @@ LIU2020_IWSLT = dict(
     paper="Liu et al. 2020 (Admin), EMNLP; Transformer-Clinic nmt-experiments/iwslt14_de-en.md",
     base_arch="transformer_iwslt_de_en", data="data/iwslt14_de_en/data-bin",
     lr=7e-4, warmup_updates=6000, warmup_init_lr=1e-7, dropout=0.3, attention_dropout=0.1, activation_dropout=0.1,
-    clip_norm=0.0, weight_decay=1e-4, optimizer="radam",
+    clip_norm=0.0, weight_decay=1e-4, optimizer="radam", layer_init="fairseq-0.9",
     published_gpus=1, published_max_tokens=4096, published_update_freq=1,
     max_update=100000, max_epoch=90,
     fp16_args=("--fp16-scale-window", "256", "--threshold-loss-scale", "0.03125"), seed=1111,
@@ -184,7 +188,7 @@ LIU2020_IWSLT = dict(
 # Takase et al. 2023 (B2T), WMT En-De: Adam (0.9, 0.98), lr 1e-3, inverse_sqrt, warm-up 4000, clip-norm 0.1,
 # 8 GPUs x 3584 tokens x update-freq 16 (458,752 tokens per update), 50k updates, fp16, shared embeddings; dropout
 # 0.3 (6L) / 0.5 (18L). Evaluation: last 10 epoch checkpoints averaged, beam 4, lenpen 0.6, detokenized sacreBLEU.
-# Not stated in METHODS.md, so fairseq's defaults (the scaling-NMT recipe the B2T code follows): label smoothing 0.1,
+# Not stated in the B2T README's command, so fairseq's defaults (the scaling-NMT recipe the B2T code follows): label smoothing 0.1,
 # attention/activation dropout 0, weight decay 0, seed 1.
 TAKASE2023_EN_DE = dict(
     pair="en-de", source="takase2023",
@@ -198,7 +202,7 @@ TAKASE2023_EN_DE = dict(
 
 # PRE_LN_NOTE. Pre-LN (Xiong et al. 2020) is the paper that showed Pre-LN trains *without* warm-up: WMT14 En-De with
 # lr 7e-4 or 1.5e-3 from the first step, decayed at epoch 6, then inverse-sqrt. That schedule (constant, step decay,
-# then inverse-sqrt) is not one of fairseq's schedulers and the paper gives no BLEU that METHODS.md records, so it is
+# then inverse-sqrt) is not one of fairseq's schedulers and the paper gives no BLEU for it, so it is
 # not a row here. Our Pre-LN rows are the comparisons the Admin and B2T papers ran: Pre-LN trained on *their* recipe,
 # with warm-up (8000 / 4000 updates). To try Xiong's no-warm-up setting on top of a row, pass e.g.
 #   -- --warmup-updates 1 --lr 7e-4       (the inverse-sqrt decay then starts at once; our choice, not the paper's)
@@ -208,7 +212,8 @@ SETTINGS: list[Setting] = [
     Setting(**LIU2020_EN_DE, scheme="postln", encoder_layers=6, decoder_layers=6, bleu=None),
     Setting(**LIU2020_EN_DE, scheme="preln", encoder_layers=6, decoder_layers=6, bleu=None),
     Setting(**LIU2020_EN_DE, scheme="admin", encoder_layers=6, decoder_layers=6, bleu=27.84,
-            notes="BLEU from the admin-torch README"),
+            notes="target from the admin-torch README (example/README.md:47-48): its O(logn) closed form, Adam, "
+                  "a newer fairseq; not this row's recipe"),
     Setting(**LIU2020_EN_DE, scheme="postln", encoder_layers=12, decoder_layers=12, bleu=None),
     Setting(**LIU2020_EN_DE, scheme="preln", encoder_layers=12, decoder_layers=12, bleu=None),
     Setting(**LIU2020_EN_DE, scheme="admin", encoder_layers=12, decoder_layers=12, bleu=None),
@@ -216,7 +221,8 @@ SETTINGS: list[Setting] = [
             notes="diverges (Admin paper): the failure Admin fixes"),
     Setting(**LIU2020_EN_DE, scheme="preln", encoder_layers=18, decoder_layers=18, bleu=None),
     Setting(**LIU2020_EN_DE, scheme="admin", encoder_layers=18, decoder_layers=18, bleu=28.91,
-            notes="BLEU from the admin-torch README"),
+            notes="target from the admin-torch README (example/README.md:67-71): its O(logn) closed form, Adam, "
+                  "a newer fairseq; not this row's recipe"),
     # ---- Very Deep Transformers, WMT14 En-Fr, 60L encoder / 12L decoder ----
     Setting(**LIU2020B_EN_FR, scheme="postln", encoder_layers=60, decoder_layers=12, bleu=None),
     Setting(**LIU2020B_EN_FR, scheme="preln", encoder_layers=60, decoder_layers=12, bleu=None),
@@ -407,6 +413,8 @@ def build_train_command(setting: Setting, data_dir: Optional[str], save_dir: Opt
         "--max-tokens", str(plan.max_tokens), "--update-freq", str(plan.update_freq),
         "--distributed-world-size", str(world),
     ]
+    if s.layer_init is not None:
+        train += ["--layer-init", s.layer_init]
     if s.stop_min_lr is not None:
         train += ["--stop-min-lr", _num(s.stop_min_lr)]
     if s.word_dropout:
@@ -472,7 +480,8 @@ def format_table(settings: Sequence[Setting] = SETTINGS) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    common = ("All rows: Adam (0.9, 0.98), inverse_sqrt, warmup-init-lr 1e-7, label smoothing 0.1, shared embeddings, "
+    common = ("Optimizer: radam (liu2020, liu2020b: every Transformer-Clinic command), adam (takase2023).\n"
+              "All rows: betas (0.9, 0.98), inverse_sqrt, warmup-init-lr 1e-7, label smoothing 0.1, shared embeddings, "
               "fp16.\nBLEU: liu2020/liu2020b tokenized BLEU (fairseq) on newstest2014 / IWSLT14 test; takase2023 "
               "sacreBLEU on newstest2014.\nSources:\n" + "\n".join(sorted({f"  {s.source}: {s.paper}" for s in settings})))
     return "\n".join(lines) + "\n\n" + common

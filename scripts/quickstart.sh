@@ -10,12 +10,14 @@ Runs the whole pipeline on Multi30k En-De (29k training pairs), on the CPU, in a
   1. sets up .venv (scripts/setup_env.sh)
   2. prepares the data (data-prep/prepare-multi30k.sh: download or --raw-dir, sentencepiece 8k, fairseq-preprocess)
   3. trains an 18-6 layer Admin Transformer (18-layer encoder, 6-layer decoder; d=128, ffn 512, 4 heads) with
-     fairseq-train --task admin_translation; Admin's ω is profiled on the first batch and written to
+     fairseq-train --task translation; Admin's ω is profiled by the model on the first batch and written to
      OUT/checkpoints/<scheme>_<layers>/profile.ratio.init
   4. evaluates (scripts/evaluate.sh): averages the last 3 checkpoints (every 100 updates), beam 4, sacreBLEU and
      tokenized BLEU on test_2016_flickr
   5. prints the BLEU scores and where everything was written
-Every step is skipped or resumed when re-run: an interrupted training run continues from its last checkpoint.
+Every step is skipped or resumed when re-run: an interrupted training run continues from its last checkpoint, and
+a finished one (checkpoint_last.pt at --max-update updates) is not trained further: the re-run goes straight to
+evaluation.
 
   --raw-dir DIR    read Multi30k from DIR (train/val/test_2016_flickr .en/.de) instead of downloading it,
                    e.g. --raw-dir ../shared/data/multi30k
@@ -44,7 +46,9 @@ while [ $# -gt 0 ]; do
     *) echo "quickstart.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
   esac
 done
-if ! [[ $layers =~ ^[0-9]+-[0-9]+$ ]]; then echo "quickstart.sh: --layers must look like 18-18, got '$layers'" >&2; exit 2; fi
+if ! [[ $layers =~ ^[1-9][0-9]*-[1-9][0-9]*$ ]]; then
+  echo "quickstart.sh: --layers must look like 18-18 (both depths >= 1), got '$layers'" >&2; exit 2
+fi
 if ! [[ $max_update =~ ^[0-9]+$ ]] || [ "$max_update" -lt 1 ]; then echo "quickstart.sh: --max-update must be a positive integer" >&2; exit 2; fi
 enc_layers=${layers%-*}
 dec_layers=${layers#*-}
@@ -63,7 +67,7 @@ bash "$root/data-prep/prepare-multi30k.sh" --out "$out/data" "${raw_args[@]}" --
 
 save=$out/checkpoints/${scheme}_${layers}
 step "3/5 training a $layers layer $scheme Transformer on the CPU -> $save"
-train=(fairseq-train "$out/data/data-bin" --user-dir "$root/fairseq_admin" --task admin_translation
+train=(fairseq-train "$out/data/data-bin" --user-dir "$root/fairseq_admin" --task translation
   --arch "${scheme}_transformer" --encoder-layers "$enc_layers" --decoder-layers "$dec_layers"
   --encoder-embed-dim 128 --decoder-embed-dim 128 --encoder-ffn-embed-dim 512 --decoder-ffn-embed-dim 512
   --encoder-attention-heads 4 --decoder-attention-heads 4 --share-all-embeddings
@@ -73,8 +77,23 @@ train=(fairseq-train "$out/data/data-bin" --user-dir "$root/fairseq_admin" --tas
   --save-dir "$save" --save-interval-updates 100 --keep-interval-updates 3 --no-epoch-checkpoints
   --log-format simple --log-interval 25)
 if [ "$scheme" = admin ]; then train+=(--admin-profile-save "$save/profile.ratio.init"); fi
-printf '%q ' "${train[@]}"; echo
-"${train[@]}" 2>&1 | tee -a "$out/train-${scheme}_${layers}.log"
+# fairseq-train, re-run on a finished save dir, trains one more update and overwrites checkpoint_best/last: look first
+done_updates=0
+if [ -f "$save/checkpoint_last.pt" ]; then
+  done_updates=$(python - "$save/checkpoint_last.pt" <<'PY' 2>/dev/null || echo 0
+import sys
+from fairseq_admin.checkpoint_safety import load_checkpoint
+print(int(load_checkpoint(sys.argv[1])["optimizer_history"][-1]["num_updates"]))
+PY
+)
+fi
+if [ "$done_updates" -ge "$max_update" ]; then
+  echo "training already finished: $save/checkpoint_last.pt is at $done_updates updates (--max-update $max_update);" \
+    "not training further"
+else
+  printf '%q ' "${train[@]}"; echo
+  "${train[@]}" 2>&1 | tee -a "$out/train-${scheme}_${layers}.log"
+fi
 
 step "4/5 evaluation on test_2016_flickr"
 bash "$root/scripts/evaluate.sh" --pair en-de --checkpoints "$save" --data "$out/data/data-bin" \

@@ -52,8 +52,8 @@ which runs
        --distributed-world-size 16 --distributed-port 12345
 (fairseq finds the first host with `scontrol show hostnames` and the ranks from SLURM_PROCID/SLURM_LOCALID.)
 
-Admin: --task admin_translation profiles ω on the first training batch of the run and writes it to
-SAVE_DIR/profile.ratio.init; a resumed run does not profile again.
+Admin: the model profiles ω on the first training batch of the run (under --task translation, as every row
+trains) and writes it to SAVE_DIR/profile.ratio.init; a resumed run does not profile again.
 Environment: PYTHON (default .venv/bin/python, else python3); .venv/bin is put on PATH for fairseq-train.
 USAGE
 }
@@ -63,6 +63,14 @@ for arg in "$@"; do
     -h|--help) usage; exit 0 ;;
     --) break ;;
   esac
+done
+
+# recipes.py reads these as integer defaults of --node-rank / --master-port: refuse anything else here, in one line
+for var in NODE_RANK MASTER_PORT; do
+  if [ -n "${!var+set}" ] && ! [[ ${!var} =~ ^[0-9]+$ ]]; then
+    echo "train.sh: error: environment variable $var must be a non-negative integer, got '${!var}'" >&2
+    exit 2
+  fi
 done
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

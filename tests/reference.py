@@ -1,4 +1,4 @@
-"""Independent float64 references, written from the formulas in ../shared/docs/METHODS.md (not from our code).
+"""Independent float64 references, written from the papers' formulas (docs/methods.md; not from our code).
 
 Only the weights are read from the fairseq modules; every operation (LayerNorm, multi-head attention, FFN, the
 residual schemes, Admin's profiling recurrence) is re-derived here with plain tensor arithmetic.

@@ -95,7 +95,10 @@ def test_sacrebleu_score_equals_the_cli(tmp_path):
 
 
 def test_pair_defaults_are_the_papers():
-    assert ev.PAIR_DEFAULTS == {"en-de": {"beam": 4, "lenpen": 0.6}, "en-fr": {"beam": 5, "lenpen": 0.8}}
+    wmt = {"aggressive_dash": True, "compound_split": True}
+    assert ev.PAIR_DEFAULTS == {"en-de": {"beam": 4, "lenpen": 0.6, **wmt}, "en-fr": {"beam": 5, "lenpen": 0.8, **wmt},
+                                "de-en": {"beam": 5, "lenpen": 1.0, "aggressive_dash": False,
+                                          "compound_split": False}}  # de-en: tests/test_iwslt14.py
 
 
 def test_help():

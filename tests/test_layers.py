@@ -1,4 +1,4 @@
-"""Each scheme's layer forward equals the float64 reference written from METHODS.md's formula."""
+"""Each scheme's layer forward equals the float64 reference written from the paper's formula (docs/methods.md)."""
 import pytest
 import torch
 

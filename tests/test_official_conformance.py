@@ -229,3 +229,30 @@ def test_in_run_profiling_equals_loading_its_own_profile(synthetic_data, tmp_pat
     assert a["model"].keys() == b["model"].keys()
     different = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
     assert not different, different[:5]
+
+
+@pytest.mark.parametrize("scheme", ["postln", "preln", "admin", "b2t", "deepnorm"])
+def test_embeddings_and_final_layer_norms_are_the_same_in_every_code_base(scheme):
+    """fairseq main, fairseq 0.9 (Transformer-Clinic) and the B2T fork build embeddings alike: N(0, d^-0.5) with a
+    zero padding row (transformer.py ``Embedding``); no scheme rescales them; Pre-LN's final LayerNorms start at 1/0."""
+    model = _build(f"{scheme}_transformer", "--share-all-embeddings")
+    table = model.encoder.embed_tokens.weight
+    pad = model.encoder.padding_idx
+    assert torch.all(table[pad] == 0)
+    rest = torch.cat([table[:pad], table[pad + 1:]])
+    check("embed_tokens", rest, ("normal", D ** -0.5))
+    assert model.decoder.embed_tokens is model.encoder.embed_tokens
+    for stack in (model.encoder, model.decoder):
+        if stack.layer_norm is not None:  # Pre-LN's final LN
+            check("final layer_norm.weight", stack.layer_norm.weight, ("one",))
+            check("final layer_norm.bias", stack.layer_norm.bias, ("zero",))
+
+
+def test_b2t_on_fairseq_09_init_scales_the_xavier_ffn():
+    model = _build("b2t_transformer", "--layer-init", "fairseq-0.9")
+    for stack, layer in _layers(model):
+        scale = LAYERS[0 if stack == "encoder" else 1] ** -0.5
+        for fc in (layer.fc1, layer.fc2):
+            fan_out, fan_in = fc.weight.shape
+            check(f"{stack}.fc", fc.weight, ("uniform", xavier_bound(fan_in, fan_out) * scale))
+            check(f"{stack}.fc.bias", fc.bias, ("zero",))

@@ -196,7 +196,7 @@ def _worker(rank, world, init_file, out_dir):
 
 def test_two_worker_profiling_gives_identical_omega_from_pooled_variances(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert results[0]["omegas"] == results[1]["omegas"]
     for a, b in zip(sum(results[0]["params"], []), sum(results[1]["params"], [])):
         assert torch.equal(a, b)

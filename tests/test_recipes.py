@@ -2,7 +2,7 @@
 
 Every published setting is run through the real `scripts/train.sh --dry-run` for 1, 2, 4 and 8 GPUs, and the printed
 fairseq-train command is checked flag by flag against the table and against the papers' numbers from
-docs/METHODS.md (written out again below, so that a typo in the table is caught). One test hands every command to
+the papers and their official scripts (docs/methods.md) (written out again below, so that a typo in the table is caught). One test hands every command to
 fairseq's own argument parser with the plugin loaded, so every flag name is one fairseq-train accepts.
 """
 import importlib.util
@@ -31,7 +31,7 @@ recipes = _load_recipes()
 SETTINGS = recipes.SETTINGS
 GPU_COUNTS = (1, 2, 4, 8)
 
-# The papers' numbers, from docs/METHODS.md and the official scripts, independently of the table.
+# The papers' numbers, from the papers and their official scripts (docs/methods.md) and the official scripts, independently of the table.
 # key: (pair, scheme, layers, source) -> expected values
 PAPER = {}
 for _scheme in ("postln", "preln", "admin"):
@@ -132,6 +132,8 @@ def test_dry_run_command_matches_table(setting, gpus, tmp_path):
     assert f["--lr-scheduler"] == "inverse_sqrt"
     # fairseq 0.9's --min-lr 1e-09 (a stop criterion) is fairseq main's --stop-min-lr; IWSLT's script has none
     assert f.get("--stop-min-lr") == (None if s.pair == "de-en" else "1e-09")
+    # Transformer-Clinic's baselines and Admin start from fairseq 0.9's layers; B2T's code from fairseq main's
+    assert f.get("--layer-init") == ("fairseq-0.9" if s.source.startswith("liu2020") else None)
     # the B2T 18L recipe's word dropout (--sampling-method worddrop --enc/dec-replace-rate 0.1)
     expected_word_dropout = "0.1" if s.source == "takase2023" and s.encoder_layers == 18 else None
     assert f.get("--encoder-word-dropout") == f.get("--decoder-word-dropout") == expected_word_dropout

@@ -5,8 +5,15 @@
 
 Checkpoints are read with torch's weights-only loader and the fairseq_admin allow-list
 (:mod:`fairseq_admin.checkpoint_safety`). Every floating-point tensor of ``model`` is averaged in float64 and cast back
-to its dtype; non-floating tensors must be identical in all inputs. The output keeps the first checkpoint's
-``cfg``/``args`` (and the rest of its state except the optimizer state), so ``fairseq-generate --path`` reads it.
+to its dtype; non-floating tensors must be identical in all inputs. All inputs must be models of one residual scheme
+and the same dimensions (``cfg.model``: ``residual_scheme``, layers, widths, heads). The output keeps the first
+checkpoint's ``cfg``/``args``, so ``fairseq-generate --path`` reads it; ``optimizer_history`` and ``extra_state``
+(epoch, iterator position, best score) come from the newest input (the most updates), and the optimizer moments
+(``last_optimizer_state``) are dropped: they belong to no averaged weights.
+
+The output is written atomically (a temporary file in its directory, then renamed) and may be neither an input nor a
+name fairseq-train writes or resumes from (``checkpoint_last.pt``, ``checkpoint_best.pt``, ``checkpoint<E>.pt``,
+``checkpoint_<E>_<U>.pt``); it is checked before anything is read.
 """
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ import collections
 import os
 import re
 import sys
+import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -23,6 +31,7 @@ from fairseq_admin import checkpoint_safety
 
 EPOCH_RE = re.compile(r"^checkpoint(\d+)\.pt$")
 UPDATE_RE = re.compile(r"^checkpoint_\d+_(\d+)\.pt$")
+FAIRSEQ_NAME_RE = re.compile(r"^checkpoint(_last|_best|\d+|_\d+_\d+).*\.pt$")  # what fairseq-train writes/resumes
 
 
 class AverageError(RuntimeError):
@@ -122,8 +131,26 @@ def average_states(states: Sequence[Dict], names: Sequence[str]) -> "collections
     return averaged
 
 
+def check_same_models(states: Sequence[Dict], names: Sequence[str]) -> None:
+    """Refuse checkpoints of different residual schemes or dimensions (their parameter names can be identical)."""
+    first = checkpoint_safety.model_signature(checkpoint_safety.checkpoint_model_cfg(states[0]))
+    for state, name in zip(states[1:], names[1:]):
+        other = checkpoint_safety.model_signature(checkpoint_safety.checkpoint_model_cfg(state))
+        diffs = checkpoint_safety.signature_differences(first, other)
+        if diffs:
+            raise AverageError(f"{names[0]} and {name} are different models: {'; '.join(diffs)}; checkpoints of "
+                               f"different schemes or dimensions cannot be averaged")
+
+
+def _num_updates(state: Dict) -> int:
+    history = state.get("optimizer_history") or [{}]
+    return int(history[-1].get("num_updates", -1))
+
+
 def average_checkpoints(paths: Sequence[str]) -> Dict:
-    """Load ``paths`` safely and return the first checkpoint's state with ``model`` replaced by the average."""
+    """Load ``paths`` safely and return the first checkpoint's state with ``model`` replaced by the average,
+    ``optimizer_history``/``extra_state`` taken from the newest input (most updates; the last listed on a tie)
+    and the optimizer moments dropped."""
     if not paths:
         raise AverageError("no input checkpoints")
     if len(set(map(os.path.realpath, paths))) != len(paths):
@@ -136,9 +163,16 @@ def average_checkpoints(paths: Sequence[str]) -> Dict:
             raise AverageError(str(exc)) from None
         except RuntimeError as exc:  # includes UnsafeCheckpointError
             raise AverageError(str(exc)) from None
+    check_same_models(states, list(paths))
     new_state = dict(states[0])
     new_state["model"] = average_states(states, list(paths))
-    # The first checkpoint's optimizer moments do not belong to the averaged weights: drop them.
+    newest = max(range(len(states)), key=lambda i: (_num_updates(states[i]), i))
+    for key in ("optimizer_history", "extra_state"):
+        if key in states[newest]:
+            new_state[key] = states[newest][key]
+        else:
+            new_state.pop(key, None)
+    # No input's optimizer moments belong to the averaged weights: drop them.
     new_state.pop("last_optimizer_state", None)
     new_state["fairseq_admin_averaged_from"] = [os.path.abspath(p) for p in paths]
     return new_state
@@ -179,10 +213,56 @@ def resolve_inputs(
     return list(inputs)
 
 
+def check_output(output: str, inputs: Sequence[str]) -> None:
+    """Refuse, before any work, an output that would overwrite an input or a checkpoint fairseq-train writes or
+    resumes from, or that cannot be written."""
+    real = os.path.realpath(output)
+    for path in inputs:
+        if os.path.realpath(path) == real:
+            raise AverageError(f"--output {output} is one of the inputs: it would be overwritten; choose another name")
+    if FAIRSEQ_NAME_RE.match(os.path.basename(output)):
+        raise AverageError(f"--output {output}: fairseq-train writes and resumes from files named like this "
+                           f"(checkpoint_last.pt, checkpoint_best.pt, checkpoint<E>.pt, checkpoint_<E>_<U>.pt); "
+                           f"a resumed run would start from the average without optimizer state. Choose another "
+                           f"name, e.g. avg_last5.pt")
+    if os.path.isdir(output):
+        raise AverageError(f"--output {output} is a directory; give a file name, e.g. {os.path.join(output, 'avg.pt')}")
+    parent = os.path.dirname(os.path.abspath(output))
+    existing = parent
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise AverageError(f"--output {output}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise AverageError(f"--output {output}: directory {existing} is not writable")
+
+
+def write_atomically(state: Dict, output: str) -> None:
+    """``torch.save`` to a temporary file in the output's directory, then rename: ``output`` is never half-written,
+    and the temporary file is removed if saving fails."""
+    directory = os.path.dirname(os.path.abspath(output))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(output)}.", suffix=".tmp", dir=directory)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> what open() would have given
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, output)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fairseq-admin-average",
-        description="Average the model parameters of fairseq checkpoints (float64 accumulation, safe loading).",
+        description="Average the model parameters of fairseq checkpoints (float64 accumulation, safe loading). "
+                    "All inputs must have the same residual scheme and dimensions. The output keeps the first "
+                    "input's cfg, takes optimizer_history and extra_state (epoch, iterator, best) from the newest "
+                    "input (the most updates) and has no optimizer moments (last_optimizer_state is dropped).",
     )
     p.add_argument("--inputs", nargs="+", required=True, metavar="PATH",
                    help="checkpoint files, or one directory with --num-epoch-checkpoints/--num-update-checkpoints")
@@ -193,7 +273,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="average the last N checkpoint_<EPOCH>_<UPDATE>.pt of the --inputs directory")
     p.add_argument("--checkpoint-upper-bound", type=int, metavar="K",
                    help="ignore checkpoints numbered above K (epoch or update number)")
-    p.add_argument("--output", required=True, metavar="FILE", help="where to write the averaged checkpoint")
+    p.add_argument("--output", required=True, metavar="FILE",
+                   help="where to write the averaged checkpoint (atomically); neither an input nor a name "
+                        "fairseq-train writes or resumes from (checkpoint_last.pt, checkpoint_best.pt, ...)")
     return p
 
 
@@ -201,15 +283,12 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     args = get_parser().parse_args(argv)
     paths = resolve_inputs(args.inputs, args.num_epoch_checkpoints, args.num_update_checkpoints,
                            args.checkpoint_upper_bound)
+    check_output(args.output, paths)
     print(f"[average] averaging {len(paths)} checkpoint(s):", flush=True)
     for path in paths:
         print(f"[average]   {path}", flush=True)
     state = average_checkpoints(paths)
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = args.output + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, args.output)
+    write_atomically(state, args.output)
     print(f"[average] wrote {args.output}", flush=True)
     return args.output
 

@@ -12,10 +12,12 @@ sublayer, and ω where the scheme has it. Writes ``--out-json``, one PNG per mea
 table.
 """
 import argparse
+import importlib.util
 import json
 import math
 import os
 import sys
+import textwrap
 import time
 
 import torch
@@ -92,6 +94,28 @@ def check_args(args):
             raise DiagnoseError(f"--{name.replace('_', '-')} must be >= 1")
     if args.vocab_size < 10:
         raise DiagnoseError("--vocab-size must be >= 10")
+    if args.out_json:
+        check_output_path(args.out_json, "--out-json", want_dir=False)
+    if args.plot_dir:
+        check_output_path(args.plot_dir, "--plot-dir", want_dir=True)
+        if importlib.util.find_spec("matplotlib") is None:
+            raise DiagnoseError("--plot-dir needs matplotlib, an optional dependency: "
+                                "pip install 'fairseq_admin[plots]'")
+
+
+def check_output_path(path, option, want_dir):
+    """Before any work: ``path`` can be written as a file (``want_dir``: created as a directory)."""
+    if want_dir and os.path.exists(path) and not os.path.isdir(path):
+        raise DiagnoseError(f"{option} {path} is a file, not a directory")
+    if not want_dir and os.path.isdir(path):
+        raise DiagnoseError(f"{option} {path} is a directory; give a file name, e.g. {os.path.join(path, 'diag.json')}")
+    existing = os.path.abspath(path if want_dir else os.path.dirname(os.path.abspath(path)))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise DiagnoseError(f"{option} {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DiagnoseError(f"{option} {path}: {existing} is not writable")
 
 
 def fairseq_args(args, scheme, depth, rest):
@@ -163,7 +187,7 @@ def diagnose_one(args, scheme, depth, rest, task, sample):
     model = ResidualTransformerModel.build_model(fs_args, task)
     if model.needs_profiling():
         torch.manual_seed(args.seed)
-        profile_model(model, sample)  # train mode on this batch, as the admin_translation task does
+        profile_model(model, sample)  # train mode on this batch, as the model's first training forward does
     model.train(args.train_mode)
     torch.manual_seed(args.seed)
     grads = D.gradient_norms(model, sample, args.label_smoothing)
@@ -198,92 +222,97 @@ def flat(rows):
     return [v for row in rows for v in row if v is not None]
 
 
-def make_plots(results, schemes, depths, plot_dir):
+def make_plots(results, schemes, depths, plot_dir, caption=""):
+    """One PNG per measurement; every scheme keeps its colour (``diagnostics.SCHEME_COLORS``) in every figure, the
+    legend sits outside the axes, layer axes have integer ticks, and ``caption`` (the setting) is the bottom line."""
     import logging
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's logging config would print its DEBUG lines
     import matplotlib
 
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's logging config would print its DEBUG lines
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    from fairseq_admin.diagnostics import scheme_color
 
     os.makedirs(plot_dir, exist_ok=True)
     by = {(r["scheme"], r["layers"]): r for r in results}
-    colors = {s: f"C{i}" for i, s in enumerate(schemes)}
     written = []
 
+    def integer_ticks(ax, n):  # layer and sublayer numbers 1..n: integer ticks only, whatever n is
+        if n <= 12:
+            ax.set_xticks(range(1, n + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+    def save(fig, name, title):
+        fig.suptitle(title, fontsize=10)
+        if caption:  # wrapped to the figure's width (about 16 characters an inch at this size)
+            fig.supxlabel(textwrap.fill(caption, int(16 * fig.get_figwidth())), fontsize=7)
+        handles, labels = fig.axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside right center", fontsize=7)
+        path = os.path.join(plot_dir, name)
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        written.append(path)
+
     def grid(name, title, ylabel, values, xlabel, log=True):
-        fig, axes = plt.subplots(2, len(depths), figsize=(3.2 * len(depths), 5.2), squeeze=False, sharey="row")
+        fig, axes = plt.subplots(2, len(depths), figsize=(3.2 * len(depths) + 1.2, 5.6), squeeze=False,
+                                 sharey="row", layout="constrained")
         for col, depth in enumerate(depths):
             for row, stack in enumerate(("encoder", "decoder")):
                 ax = axes[row][col]
                 for s in schemes:
                     ys = values(by[s, depth], stack)
-                    ax.plot(range(1, len(ys) + 1), ys, marker=".", ms=3, lw=1, color=colors[s], label=s)
+                    ax.plot(range(1, len(ys) + 1), ys, marker=".", ms=3, lw=1, color=scheme_color(s), label=s)
                 ax.set_title(f"{stack}, {depth} layers", fontsize=9)
                 if log:
                     ax.set_yscale("log")
                 ax.set_xlabel(xlabel, fontsize=8)
+                integer_ticks(ax, len(ys))
                 ax.tick_params(labelsize=7)
             axes[0][0].set_ylabel(ylabel, fontsize=8)
             axes[1][0].set_ylabel(ylabel, fontsize=8)
-        axes[0][-1].legend(fontsize=7)
-        fig.suptitle(title, fontsize=10)
-        fig.tight_layout()
-        path = os.path.join(plot_dir, name)
-        fig.savefig(path, dpi=80)
-        plt.close(fig)
-        written.append(path)
+        save(fig, name, title)
+
+    def against_depth(name, title, ylabel, key, log=False):
+        fig, ax = plt.subplots(figsize=(6, 3.8), layout="constrained")
+        for s in schemes:
+            ys = [key(by[s, d]) for d in depths]
+            if isinstance(ys[0], tuple):
+                ax.errorbar(depths, [m for m, _ in ys], yerr=[e for _, e in ys], marker="o", capsize=3,
+                            color=scheme_color(s), label=s)
+            else:
+                ax.plot(depths, ys, marker="o", color=scheme_color(s), label=s)
+        ax.set(xlabel="layers", ylabel=ylabel, yscale="log" if log else "linear")
+        ax.set_xticks(depths)
+        save(fig, name, title)
 
     grid("grad_norms.png", "(a) weight-gradient norm per layer at initialization", "||dL/dW||",
          lambda r, st: layer_norm_values(r["grad_norms"], st), "layer")
     grid("beta.png", "(c) residual dependency beta = Var(f)/(Var(shortcut)+Var(f)) per sublayer", "beta",
          lambda r, st: flat(r["beta"][st]), "sublayer")
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for s in schemes:
-        ys = [by[s, d]["last_ffn_grad_norm"] for d in depths]
-        axes[0].plot(depths, ys, marker="o", color=colors[s], label=s)
-        mean = [by[s, d]["output_change"]["mean"] for d in depths]
-        std = [by[s, d]["output_change"]["std"] for d in depths]
-        axes[1].errorbar(depths, mean, yerr=std, marker="o", capsize=3, color=colors[s], label=s)
-    axes[0].set(title="(a) last FFN (fc2, last decoder layer) gradient norm", xlabel="layers", ylabel="||dL/dW||")
-    axes[1].set(title="(b) output change under relative perturbation", xlabel="layers",
-                ylabel="mean (F(W+d)-F(W))^2", yscale="log")
-    for ax in axes:
-        ax.set_xticks(depths)
-        ax.legend(fontsize=7)
-        ax.title.set_fontsize(9)
-    fig.tight_layout()
-    for name, ax in (("last_ffn_grad.png", 0), ("output_change.png", 1)):
-        # one figure per measurement: save each panel alone
-        other = axes[1 - ax]
-        other.set_visible(False)
-        axes[ax].set_position([0.12, 0.14, 0.83, 0.76])
-        path = os.path.join(plot_dir, name)
-        fig.savefig(path, dpi=80)
-        other.set_visible(True)
-        written.append(path)
-    plt.close(fig)
+    against_depth("last_ffn_grad.png", "(a) last FFN (fc2, last decoder layer) gradient norm", "||dL/dW||",
+                  lambda r: r["last_ffn_grad_norm"])
+    against_depth("output_change.png", "(b) output change under relative perturbation",
+                  "mean (F(W+d)-F(W))^2", lambda r: (r["output_change"]["mean"], r["output_change"]["std"]), log=True)
 
     with_omega = [s for s in schemes if by[s, depths[0]]["omega"] is not None]
     if with_omega:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), squeeze=False)
+        styles = ("-", "--", ":", "-.")
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), squeeze=False, layout="constrained")
         for i, stack in enumerate(("encoder", "decoder")):
             ax = axes[0][i]
             for s in with_omega:
-                for j, d in enumerate(depths):
+                for j, d in enumerate(depths):  # the scheme's colour, one line style per depth
                     ys = flat(by[s, d]["omega"][stack])
-                    ax.plot(range(1, len(ys) + 1), ys, marker=".", ms=3, color=colors[s], alpha=0.4 + 0.6 * (j + 1)
-                            / len(depths), label=f"{s} {d}L")
-            ax.set(title=f"omega per sublayer, {stack}", xlabel="sublayer", ylabel="omega")
+                    ax.plot(range(1, len(ys) + 1), ys, ls=styles[j % len(styles)], marker=".", ms=3,
+                            color=scheme_color(s), label=f"{s} {d} layers")
+            ax.set(title=f"{stack}", xlabel="sublayer", ylabel="omega")
+            integer_ticks(ax, max(len(line.get_xdata()) for line in ax.get_lines()))
             ax.title.set_fontsize(9)
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = os.path.join(plot_dir, "omega.png")
-        fig.savefig(path, dpi=80)
-        plt.close(fig)
-        written.append(path)
+        save(fig, "omega.png", "Admin's omega per sublayer")
     return written
 
 
@@ -334,7 +363,9 @@ def main(argv=None):
             json.dump({"config": config, "definitions": DEFINITIONS, "results": results}, f, indent=1)
         print(f"[diagnose] wrote {args.out_json}")
     if args.plot_dir:
-        for path in make_plots(results, args.scheme_list, args.layer_list, args.plot_dir):
+        caption = (f"arch {args.arch} {' '.join(rest)}; batch {source}, {sample['ntokens']} target tokens; "
+                   f"{'train' if args.train_mode else 'eval'} mode; seed {args.seed}; {args.draws} perturbation draws")
+        for path in make_plots(results, args.scheme_list, args.layer_list, args.plot_dir, caption):
             print(f"[diagnose] wrote {path}")
     return results
 

@@ -25,9 +25,13 @@ import subprocess
 import sys
 from typing import Dict, List, Optional, Sequence
 
-PAIR_DEFAULTS = {  # the Admin paper's decoding settings
-    "en-de": {"beam": 4, "lenpen": 0.6},
-    "en-fr": {"beam": 5, "lenpen": 0.8},
+PAIR_DEFAULTS = {  # the Admin paper's decoding and tokenized-BLEU settings
+    "en-de": {"beam": 4, "lenpen": 0.6, "aggressive_dash": True, "compound_split": True},
+    "en-fr": {"beam": 5, "lenpen": 0.8, "aggressive_dash": True, "compound_split": True},
+    # IWSLT14 (data-prep/prepare-iwslt14deen.sh, lowercased as the classic recipe): Transformer-Clinic's
+    # eval_iwslt_de-en.sh, fairseq-generate --beam 5 (lenpen 1) scoring the Moses-tokenized text (tokenizer.perl
+    # without -a), no compound split
+    "de-en": {"beam": 5, "lenpen": 1.0, "aggressive_dash": False, "compound_split": False},
 }
 
 _HYPO_RE = re.compile(r"^H-(\d+)\t")
@@ -97,14 +101,16 @@ def moses_tokenize(lines: Sequence[str], lang: str, aggressive: bool = True) -> 
     return [tok.tokenize(line, aggressive_dash_splits=aggressive, return_str=True, escape=True) for line in lines]
 
 
-def tokenized_bleu(hyps: Sequence[str], refs: Sequence[str], lang: str, aggressive: bool = True) -> Dict:
-    """The papers' tokenized BLEU: Moses-tokenize (``-a``), ATAT compound split, BLEU on the tokens."""
+def tokenized_bleu(hyps: Sequence[str], refs: Sequence[str], lang: str, aggressive: bool = True,
+                   compound: bool = True) -> Dict:
+    """The papers' tokenized BLEU: Moses-tokenize (``-a``), ATAT compound split (``compound``), BLEU on the tokens."""
     from sacrebleu.metrics import BLEU
 
     if len(hyps) != len(refs):
         raise EvaluationError(f"{len(hyps)} hypotheses but {len(refs)} references")
-    sys_tok = [compound_split(s) for s in moses_tokenize(hyps, lang, aggressive)]
-    ref_tok = [compound_split(s) for s in moses_tokenize(refs, lang, aggressive)]
+    split = compound_split if compound else (lambda s: s)
+    sys_tok = [split(s) for s in moses_tokenize(hyps, lang, aggressive)]
+    ref_tok = [split(s) for s in moses_tokenize(refs, lang, aggressive)]
     metric = BLEU(tokenize="none", smooth_method="none", force=True)
     score = metric.corpus_score(sys_tok, [ref_tok])
     return {"score": score.score, "text": str(score), "signature": str(metric.get_signature())}
@@ -196,7 +202,7 @@ def _run(cmd: List[str], stdout_path: Optional[str] = None) -> None:
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="evaluate.sh",
+        prog="fairseq-admin-evaluate",
         description="Average checkpoints, translate a binarized test set with fairseq-generate and report sacreBLEU "
         "and the papers' tokenized (compound-split) BLEU.",
     )
@@ -209,8 +215,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="average the last N checkpoints (default 10); 0 or 1: checkpoint_best.pt")
     p.add_argument("--average-by", choices=("auto", "epoch", "update"), default="auto",
                    help="checkpoint<E>.pt (epoch) or checkpoint_<E>_<U>.pt (update); auto: epoch if present")
-    p.add_argument("--beam", type=int, default=None, help="beam size (default: en-de 4, en-fr 5)")
-    p.add_argument("--lenpen", type=float, default=None, help="length penalty (default: en-de 0.6, en-fr 0.8)")
+    p.add_argument("--beam", type=int, default=None, help="beam size (default: en-de 4, en-fr 5, de-en 5)")
+    p.add_argument("--lenpen", type=float, default=None,
+                   help="length penalty (default: en-de 0.6, en-fr 0.8, de-en 1.0)")
     p.add_argument("--subset", default="test", help="binarized subset to translate (default test)")
     p.add_argument("--out", default=None, metavar="JSON", help="results file (default CHECKPOINTS/eval-SUBSET.json)")
     p.add_argument("--workdir", default=None, metavar="DIR",
@@ -221,11 +228,22 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--generate-args", default="", metavar="ARGS",
                    help="extra fairseq-generate arguments, one shell-quoted string (e.g. '--max-len-b 50')")
     p.add_argument("--no-aggressive-dash", action="store_true",
-                   help="tokenized BLEU without Moses -a (get_ende_bleu.sh style) instead of with it")
+                   help="tokenized BLEU without Moses -a (get_ende_bleu.sh style) instead of with it (de-en never "
+                        "uses -a)")
     return p
 
 
+def split_generate_args(text: str) -> List[str]:
+    """``--generate-args`` as a list of arguments (shell quoting), or an :class:`EvaluationError` naming the problem."""
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise EvaluationError(f"--generate-args {text!r}: {exc} (give one shell-quoted string, e.g. "
+                              f"--generate-args '--max-len-b 50')") from None
+
+
 def evaluate(args: argparse.Namespace) -> Dict:
+    generate_extra = split_generate_args(args.generate_args)  # before any work
     src, tgt = args.pair.split("-")
     beam = args.beam if args.beam is not None else PAIR_DEFAULTS[args.pair]["beam"]
     lenpen = args.lenpen if args.lenpen is not None else PAIR_DEFAULTS[args.pair]["lenpen"]
@@ -261,7 +279,7 @@ def evaluate(args: argparse.Namespace) -> Dict:
                "--required-batch-size-multiple", "1"]
     if args.cpu:
         gen_cmd.append("--cpu")
-    gen_cmd += shlex.split(args.generate_args)
+    gen_cmd += generate_extra
     _run(gen_cmd, stdout_path=gen_out)
 
     log("step 3/4: hypotheses (H-<id> in sentence order), sentencepiece-decoded")
@@ -273,13 +291,15 @@ def evaluate(args: argparse.Namespace) -> Dict:
 
     log("step 4/4: BLEU")
     sb = sacrebleu_score(hyps, refs)
-    tb = tokenized_bleu(hyps, refs, tgt, aggressive=not args.no_aggressive_dash)
-    recipe = ("Moses tokenizer.perl -l {l}{a} (sacremoses), ATAT compound split s{{(\\S)-(\\S)}}{{$1 ##AT##-##AT## $2}}g, "
-              "multi-bleu (sacrebleu tokenize=none, no smoothing)").format(
-                  l=tgt, a="" if args.no_aggressive_dash else " -a")
+    aggressive = PAIR_DEFAULTS[args.pair]["aggressive_dash"] and not args.no_aggressive_dash
+    compound = PAIR_DEFAULTS[args.pair]["compound_split"]
+    tb = tokenized_bleu(hyps, refs, tgt, aggressive=aggressive, compound=compound)
+    recipe = ("Moses tokenizer.perl -l {l}{a} (sacremoses), {c}multi-bleu (sacrebleu tokenize=none, no smoothing)"
+              ).format(l=tgt, a=" -a" if aggressive else "",
+                       c="ATAT compound split s{(\\S)-(\\S)}{$1 ##AT##-##AT## $2}g, " if compound else "")
     print(f"sacreBLEU: {sb['score']:.2f}  ({sb['text']})")
     print(f"sacreBLEU signature: {sb['signature']}")
-    print(f"tokenized BLEU (compound split): {tb['score']:.2f}  ({tb['text']})")
+    print(f"tokenized BLEU{' (compound split)' if compound else ''}: {tb['score']:.2f}  ({tb['text']})")
     result = {
         "pair": args.pair,
         "subset": args.subset,
@@ -313,7 +333,7 @@ def cli_main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         evaluate(args)
     except EvaluationError as exc:
-        print(f"evaluate: error: {exc}", file=sys.stderr)
+        print(f"fairseq-admin-evaluate: error: {exc}", file=sys.stderr)
         return 2
     return 0
 

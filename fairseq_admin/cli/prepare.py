@@ -187,6 +187,13 @@ def clean_corpus(pairs, src_out, tgt_out, max_len=250, ratio=1.5, filter_pairs=T
             report["total"] += entry["total"]
             report["kept"] += entry["kept"]
     report.update(max_len=max_len, ratio=ratio, filtered=filter_pairs, src_out=src_out, tgt_out=tgt_out)
+    inputs = ", ".join(f"{p[0]} / {p[1]}" for p in pairs)
+    if report["total"] == 0:
+        raise PrepareError(f"{inputs}: no lines (empty files); every split needs at least one sentence pair")
+    if report["kept"] == 0:
+        d = report["dropped"]
+        raise PrepareError(f"{inputs}: every one of the {report['total']} pairs was filtered out (empty {d['empty']}, "
+                           f"too_long {d['too_long']}, ratio {d['ratio']}); nothing is left to train on")
     return report
 
 
@@ -250,9 +257,14 @@ def spm_train(inputs, model_prefix, vocab_size, max_sentences=10_000_000, charac
     """
     import sentencepiece as spm
 
+    for option, value in (("--vocab-size", vocab_size), ("--threads", threads), ("--max-sentences", max_sentences)):
+        if value < 1:
+            raise PrepareError(f"spm-train: {option} must be a positive integer, got {value}")
     for path in inputs:
         if not os.path.isfile(path):
             raise PrepareError(f"{path}: no such file")
+    if not any(line.strip() for path in inputs for _, line in open_text_lines(path)):
+        raise PrepareError(f"{', '.join(inputs)}: no text to train sentencepiece on (the files are empty)")
     spm.set_random_generator_seed(seed)
     spm.SentencePieceTrainer.train(
         input=",".join(inputs),

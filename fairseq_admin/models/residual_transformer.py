@@ -16,6 +16,7 @@ from fairseq.modules.checkpoint_activations import checkpoint_wrapper
 from fairseq_admin.modules import SchemeDecoderLayer, SchemeEncoderLayer
 from fairseq_admin.modules.layer_init import LAYER_INITS
 from fairseq_admin.modules.word_dropout import DecoderWordDropout, word_dropout
+from fairseq_admin.errors import OptionError
 from fairseq_admin.profiling import check_profile_options, initialize_omega
 from fairseq_admin.schemes import SCHEMES, get_scheme
 
@@ -111,7 +112,7 @@ class ResidualTransformerModel(TransformerModel):
         if scheme.normalize_before:
             args.encoder_normalize_before = args.decoder_normalize_before = True
         elif getattr(args, "encoder_normalize_before", False) or getattr(args, "decoder_normalize_before", False):
-            raise ValueError(f"--residual-scheme {scheme.name} is a Post-LN scheme: remove --encoder-normalize-before/"
+            raise OptionError(f"--residual-scheme {scheme.name} is a Post-LN scheme: remove --encoder-normalize-before/"
                              "--decoder-normalize-before, or use --residual-scheme preln")
         return super().build_model(args, task)
 
@@ -149,17 +150,17 @@ def _check_common_args(args, scheme) -> None:
     for stack in ("encoder", "decoder"):
         layers = getattr(args, f"{stack}_layers", 1)
         if not isinstance(layers, int) or layers < 1:
-            raise ValueError(f"--{stack}-layers must be a positive integer, got {layers!r}")
+            raise OptionError(f"--{stack}-layers must be a positive integer, got {layers!r}")
         p = getattr(args, f"{stack}_word_dropout", None)
         if p is not None and not 0 <= p < 1:
-            raise ValueError(f"--{stack}-word-dropout must be in [0, 1), got {p}")
+            raise OptionError(f"--{stack}-word-dropout must be in [0, 1), got {p}")
     for other in SCHEMES.values():
         if other is scheme:
             continue
         for option, dest in other.option_names().items():
             if dest in _DEPRECATED_INIT_OPTIONS or getattr(args, dest, None) in (None, False):
                 continue
-            raise ValueError(f"{option} is an option of --residual-scheme {other.name}, but this model is "
+            raise OptionError(f"{option} is an option of --residual-scheme {other.name}, but this model is "
                              f"{scheme.name}: remove it (or use --arch {other.name}_transformer...)")
     layer_init = getattr(args, "layer_init", None)
     for dest, option in _DEPRECATED_INIT_OPTIONS.items():
@@ -167,17 +168,17 @@ def _check_common_args(args, scheme) -> None:
         if old is None:
             continue
         if not dest.startswith(scheme.name + "_"):
-            raise ValueError(f"{option} is an option of another scheme (and deprecated): use --layer-init")
+            raise OptionError(f"{option} is an option of another scheme (and deprecated): use --layer-init")
         replaced = _OLD_FFN_INIT_TO_LAYER_INIT[old]
         if layer_init is None:
             logger.warning(f"{option} {old} is deprecated: it is now --layer-init {replaced} (fairseq-0.9 also "
                            f"zeroes the attention biases); using that")
             layer_init = replaced
         elif layer_init != replaced:
-            raise ValueError(f"{option} {old} contradicts --layer-init {layer_init}; give --layer-init only")
+            raise OptionError(f"{option} {old} contradicts --layer-init {layer_init}; give --layer-init only")
         setattr(args, dest, None)
     if layer_init is not None and layer_init not in LAYER_INITS:
-        raise ValueError(f"unknown --layer-init {layer_init!r}; choose one of {', '.join(LAYER_INITS)}")
+        raise OptionError(f"unknown --layer-init {layer_init!r}; choose one of {', '.join(LAYER_INITS)}")
     args.layer_init = layer_init or scheme.official_layer_init
 
 
@@ -196,7 +197,7 @@ def _register_architecture(scheme: str, fairseq_arch: str, set_dimensions):
     def architecture(args):
         given = getattr(args, "residual_scheme", None)
         if given not in (None, scheme):
-            raise ValueError(f"--arch {scheme}_{fairseq_arch} sets --residual-scheme {scheme}, but "
+            raise OptionError(f"--arch {scheme}_{fairseq_arch} sets --residual-scheme {scheme}, but "
                              f"--residual-scheme {given} was given; use --arch {given}_{fairseq_arch}")
         args.residual_scheme = scheme
         set_dimensions(args)

@@ -26,6 +26,8 @@ DeepNorm's Xavier-normal with gain β) runs after this one. Each scheme's defaul
 import torch
 from torch import nn
 
+from fairseq_admin.errors import OptionError
+
 LAYER_INITS = ("fairseq", "fairseq-0.9")
 
 
@@ -46,4 +48,4 @@ def apply_layer_init(layer: nn.Module, name: str) -> None:
     if name == "fairseq-0.9":
         fairseq_09_init_(layer)
     elif name != "fairseq":
-        raise ValueError(f"unknown --layer-init {name!r}; choose one of {', '.join(LAYER_INITS)}")
+        raise OptionError(f"unknown --layer-init {name!r}; choose one of {', '.join(LAYER_INITS)}")

@@ -24,6 +24,8 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II, OmegaConf
 
+from fairseq_admin.errors import OptionError
+
 UNRECTIFIED = ChoiceEnum(["skip", "sgd"])
 
 
@@ -37,6 +39,8 @@ class FairseqRAdamConfig(FairseqDataclass):
         default="skip", metadata={"help": "updates while rho_t <= 5: 'skip' (Transformer-Clinic's RAdam: weight decay "
                                           "only) or 'sgd' (torch.optim.RAdam: a bias-corrected momentum step)"})
     lr: List[float] = II("optimization.lr")
+    memory_efficient_fp16: bool = II("common.memory_efficient_fp16")
+    memory_efficient_bf16: bool = II("common.memory_efficient_bf16")
 
 
 class ClinicRAdam(torch.optim.RAdam):
@@ -79,6 +83,11 @@ class ClinicRAdam(torch.optim.RAdam):
 @register_optimizer("radam", dataclass=FairseqRAdamConfig)
 class FairseqRAdam(FairseqOptimizer):
     def __init__(self, cfg: FairseqRAdamConfig, params):
+        if getattr(cfg, "memory_efficient_fp16", False) or getattr(cfg, "memory_efficient_bf16", False):
+            # torch.optim.RAdam would keep its moments in fp16/bf16 on fp16/bf16 parameters; the official RAdam
+            # works on float32 copies instead (radam.py:85-100). --fp16 / --bf16 give RAdam float32 master weights.
+            raise OptionError("--optimizer radam does not support --memory-efficient-fp16/--memory-efficient-bf16 "
+                              "(its moments would be kept in 16 bits); use --fp16 or --bf16")
         super().__init__(cfg)
         self._optimizer = ClinicRAdam(params, skip_unrectified=cfg.radam_unrectified == "skip",
                                       **self.optimizer_config)

@@ -3,6 +3,8 @@
 Adding a scheme: write one module with a :class:`ResidualScheme` subclass and add it to the tuple below; the model
 then registers its ``<name>_transformer*`` architectures and its options by itself.
 """
+from fairseq_admin.errors import OptionError
+
 from .admin import Admin
 from .b2t import B2T
 from .base import ResidualScheme
@@ -15,7 +17,7 @@ SCHEMES = {scheme.name: scheme for scheme in (PostLN, PreLN, Admin, B2T, DeepNor
 
 def get_scheme(name: str) -> type:
     if name not in SCHEMES:
-        raise ValueError(f"unknown --residual-scheme {name!r}; choose one of {', '.join(SCHEMES)}")
+        raise OptionError(f"unknown --residual-scheme {name!r}; choose one of {', '.join(SCHEMES)}")
     return SCHEMES[name]
 
 

@@ -24,6 +24,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from fairseq_admin.errors import OptionError
+
 from .base import ResidualScheme
 
 CLOSED_FORMS = {
@@ -38,7 +40,7 @@ PROFILE_TOKENS = ("real", "all")
 def closed_form_omega(num_residual_sublayers: int, output_change: str) -> float:
     """admin-torch's ``calculate_init``: ω for a stack of ``num_residual_sublayers`` residual sublayers."""
     if output_change not in CLOSED_FORMS:
-        raise ValueError(f"unknown --admin-init {output_change!r}; choose one of {', '.join(INIT_CHOICES)}")
+        raise OptionError(f"unknown --admin-init {output_change!r}; choose one of {', '.join(INIT_CHOICES)}")
     return CLOSED_FORMS[output_change](num_residual_sublayers)
 
 
@@ -87,15 +89,15 @@ class Admin(ResidualScheme):
     @classmethod
     def check_args(cls, args):
         if getattr(args, "encoder_normalize_before", False) or getattr(args, "decoder_normalize_before", False):
-            raise ValueError("admin is defined for Post-LN only (Liu et al. 2020): remove "
+            raise OptionError("admin is defined for Post-LN only (Liu et al. 2020): remove "
                              "--encoder-normalize-before/--decoder-normalize-before, or use --residual-scheme preln")
         init = getattr(args, "admin_init", "profile")
         if init not in INIT_CHOICES:
-            raise ValueError(f"unknown --admin-init {init!r}; choose one of {', '.join(INIT_CHOICES)}")
+            raise OptionError(f"unknown --admin-init {init!r}; choose one of {', '.join(INIT_CHOICES)}")
         if getattr(args, "admin_omega", "vector") not in ("vector", "scalar"):
-            raise ValueError(f"unknown --admin-omega {args.admin_omega!r}; choose 'vector' or 'scalar'")
+            raise OptionError(f"unknown --admin-omega {args.admin_omega!r}; choose 'vector' or 'scalar'")
         if init == "profile" and (getattr(args, "encoder_layerdrop", 0) or getattr(args, "decoder_layerdrop", 0)):
-            raise ValueError("--admin-init profile walks every sublayer in order; it cannot run with "
+            raise OptionError("--admin-init profile walks every sublayer in order; it cannot run with "
                              "--encoder-layerdrop/--decoder-layerdrop. Use a closed form (--admin-init O(logn)).")
 
     @classmethod

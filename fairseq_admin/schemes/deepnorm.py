@@ -21,16 +21,20 @@ unchanged), and ``.half()``/``.bfloat16()`` cannot touch it. ``tensor * python_f
 tensor's "opmath" type (float32 for fp16/bf16 tensors) with the scalar at full precision, then rounded once, so the
 product α·x_i is the correctly rounded value of the exact product in every training precision.
 
-Where torchscale (microsoft/torchscale, ``deepnorm=True``) differs: it keeps its default initialization (Xavier-uniform,
-gain 1/sqrt(2) for q/k/v, gain 1 for out_proj, ``nn.Linear``'s default for fc1/fc2) and then divides every parameter
+Where torchscale (microsoft/torchscale, ``deepnorm=True``) differs: its ``MultiheadAttention.reset_parameters`` is never
+called (torchscale/component/multihead_attention.py:61), so every projection keeps ``nn.Linear``'s default init (and
+out_proj a nonzero bias); it then divides every parameter
 whose name contains fc1, fc2, out_proj or v_proj — biases included — by a scale; on the encoder side of an
 encoder-decoder that scale is (N⁴M)^(1/16) / 1.15, i.e. a factor 1.15·(N⁴M)^(-1/16) instead of the paper's
-0.87·(N⁴M)^(-1/16) gain on a Xavier-normal init; on the decoder side the factor is (12M)^(-1/4), as in the paper,
-applied to the default init. α is the same. We follow the paper.
+0.87·(N⁴M)^(-1/16) gain on a Xavier-normal init (torchscale/architecture/encoder.py:235-252); on the decoder side the
+factor is (12M)^(-1/4), as in the paper, applied to the default init (decoder.py:286-298). α is the same. We follow the
+paper; ``--layer-init fairseq-0.9`` gives Transformer-Clinic's ``--init-type deepnet`` (the paper, all biases zero).
 """
 import math
 
 from torch import Tensor, nn
+
+from fairseq_admin.errors import OptionError
 
 from .base import ResidualScheme
 
@@ -43,7 +47,7 @@ def deepnorm_constants(num_encoder_layers: int, num_decoder_layers: int, stack: 
         return 0.81 * (n ** 4 * m) ** (1 / 16), 0.87 * (n ** 4 * m) ** (-1 / 16)
     if stack == "decoder":
         return (3 * m) ** (1 / 4), (12 * m) ** (-1 / 4)
-    raise ValueError(f"stack must be 'encoder' or 'decoder', not {stack!r}")
+    raise OptionError(f"stack must be 'encoder' or 'decoder', not {stack!r}")
 
 
 class DeepNorm(ResidualScheme):
@@ -61,7 +65,7 @@ class DeepNorm(ResidualScheme):
     @classmethod
     def check_args(cls, args):
         if getattr(args, "no_cross_attention", False):
-            raise ValueError("deepnorm: its constants are the encoder-decoder ones (Wang et al. 2022, Fig. 2); "
+            raise OptionError("deepnorm: its constants are the encoder-decoder ones (Wang et al. 2022, Fig. 2); "
                              "--no-cross-attention is not supported")
 
     def combine(self, sublayer: int, branch: Tensor, shortcut: Tensor) -> Tensor:
