@@ -12,6 +12,7 @@ sacreBLEU scoring and the code version. No benchmark script imports another scri
 """
 import collections
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -41,6 +42,17 @@ def make_log(name):
     def log(msg):
         print(f"[{name} {datetime.now(timezone.utc).strftime('%H:%M:%S')}Z] {msg}", flush=True)
     return log
+
+
+def cpu_name():
+    """The CPU's model name (/proc/cpuinfo), recorded beside every CPU measurement."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def code_version():

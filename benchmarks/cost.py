@@ -39,7 +39,7 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 
-from common import (ROOT, DEFAULT_RAW, DEFAULT_WORK, alternate, baseline_of, build, code_version,
+from common import (ROOT, DEFAULT_RAW, DEFAULT_WORK, alternate, baseline_of, build, code_version, cpu_name,
                     fixed_batches, gen_batches, make_generator, make_log, prepare_data, summarize, time_call,
                     time_generate, time_train)
 
@@ -148,7 +148,7 @@ def main(argv=None):
     report = {
         "started_utc": datetime.now(timezone.utc).isoformat(), "uptime_start": _uptime(),
         "machine": {"nproc": os.cpu_count(), "torch_threads": a.threads, "torch": torch.__version__,
-                    "fairseq": fairseq.__version__, "python": platform.python_version(), "cpu": _cpu()},
+                    "fairseq": fairseq.__version__, "python": platform.python_version(), "cpu": cpu_name()},
         "setup": {"dims": "d=128, ffn 512, 4 heads, shared embeddings, dropout 0.1, Adam, label-smoothed CE",
                   "train_batches": len(batches), "train_target_tokens_per_round": tgt_tokens,
                   "train_sentences_per_round": sum(int(b["nsentences"]) for b in batches),
@@ -255,16 +255,6 @@ def _uptime():
         return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     except OSError:
         return f"loadavg {os.getloadavg()}"
-
-
-def _cpu():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _cell(r, prefix=""):

@@ -56,7 +56,7 @@ import traceback
 from datetime import datetime, timezone
 
 from common import (DEFAULT_RAW, DEFAULT_WORK, OPTIMIZATION, ROOT, alternate, baseline_of, build, code_version,
-                    fixed_batches, gen_batches, hypothesis_stats, make_generator, make_log, prepare_data,
+                    cpu_name, fixed_batches, gen_batches, hypothesis_stats, make_generator, make_log, prepare_data,
                     sacrebleu_of_pieces, summarize, synchronize, time_call, time_generate, time_train,
                     to_model_device)
 
@@ -111,7 +111,7 @@ def device_info(device):
                     driver=_nvidia_smi("driver_version"), tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
                     bf16_supported=torch.cuda.is_bf16_supported())
     else:
-        info.update(name=_cpu_name(), driver=None, nproc=os.cpu_count(), torch_threads=torch.get_num_threads())
+        info.update(name=cpu_name(), driver=None, nproc=os.cpu_count(), torch_threads=torch.get_num_threads())
     return info
 
 
@@ -122,16 +122,6 @@ def _nvidia_smi(field):
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
     except (OSError, subprocess.TimeoutExpired):
         return None
-
-
-def _cpu_name():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def precision_skip_reason(precision, device):

@@ -38,6 +38,7 @@ import collections
 import collections.abc
 import contextlib
 import os
+import tempfile
 import pickle
 import re
 import sys
@@ -287,6 +288,26 @@ def model_signature(model_cfg: Any) -> Optional[Dict[str, Any]]:
     scheme = _field(model_cfg, "residual_scheme") or ("preln" if _field(model_cfg, "encoder_normalize_before")
                                                       else "postln")
     return {"residual_scheme": scheme, **{k: _field(model_cfg, k) for k in DIMENSIONS}}
+
+
+def save_atomically(state: Dict[str, Any], path: str) -> None:
+    """``torch.save`` into a temporary file beside ``path``, then rename onto it: ``path`` is never half-written, and
+    the temporary file is removed if saving fails. Saving through a file object names the archive ``archive`` (not
+    after the temporary file), so the same state always gives the same bytes."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> what a plain open() would give
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def checkpoint_model_cfg(state: Dict[str, Any]) -> Any:

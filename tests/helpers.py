@@ -9,6 +9,7 @@ import torch
 import fairseq_admin  # noqa: F401  (registers the model, architectures and task)
 from fairseq import options
 from fairseq.data import Dictionary
+from fairseq_admin import checkpoint_safety
 
 ROOT = Path(__file__).resolve().parents[1]
 USER_DIR = str(ROOT / "fairseq_admin")
@@ -70,3 +71,19 @@ def random_batch(dictionary, bsz=3, src_len=7, tgt_len=5, seed=0):
     prev[:, 0] = dictionary.eos()
     prev[1, -2:] = dictionary.pad()
     return {"src_tokens": src, "src_lengths": lengths, "prev_output_tokens": prev}
+
+
+def evil_checkpoint(src, dst, marker):
+    """A real fairseq checkpoint plus one object whose unpickling would call os.system('touch MARKER')."""
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    state = checkpoint_safety.load_checkpoint(src)
+    state["extra_state"]["payload"] = Payload()
+    torch.save(state, dst)
+    # the pickle really names os.system (posix.system); scanning the opcodes executes nothing
+    assert "posix.system" in torch.serialization.get_unsafe_globals_in_checkpoint(str(dst))
+    assert not os.path.exists(marker)
+    return dst

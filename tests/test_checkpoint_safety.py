@@ -1,14 +1,12 @@
 """Safe (weights-only) loading of real fairseq checkpoints: the allow-list, fairseq-generate/-train through
 ``--user-dir fairseq_admin``, and refusal of a checkpoint whose pickle would run ``os.system``."""
 import json
-import os
 import subprocess
 import sys
 
 import pytest
-import torch
 
-from helpers import TINY_TRAIN, USER_DIR, run_cli
+from helpers import TINY_TRAIN, USER_DIR, evil_checkpoint, run_cli
 
 from fairseq_admin import checkpoint_safety
 
@@ -31,22 +29,6 @@ def trained(synthetic_data, tmp_path_factory):
             "--save-interval-updates", "3", "--save-dir", save, "--eval-bleu", "--eval-bleu-detok", "space",
             "--eval-bleu-args", '{"beam": 1, "max_len_a": 0, "max_len_b": 12}')
     return {"data": synthetic_data, "save": save}
-
-
-def _evil_checkpoint(src, dst, marker):
-    """A real fairseq checkpoint plus one object whose unpickling would call os.system('touch MARKER')."""
-
-    class Payload:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    state = checkpoint_safety.load_checkpoint(src)
-    state["extra_state"]["payload"] = Payload()
-    torch.save(state, dst)
-    # the pickle really names os.system (posix.system); scanning the opcodes executes nothing
-    assert "posix.system" in torch.serialization.get_unsafe_globals_in_checkpoint(str(dst))
-    assert not os.path.exists(marker)
-    return dst
 
 
 def test_allow_list_is_exactly_what_fairseq_checkpoints_need():
@@ -117,7 +99,7 @@ def test_fairseq_train_resumes_from_checkpoint_with_user_dir(trained, tmp_path):
 
 def test_fairseq_generate_refuses_checkpoint_with_unsafe_global(trained, tmp_path):
     marker = tmp_path / "PWNED"
-    evil = _evil_checkpoint(trained["save"] / "checkpoint_last.pt", tmp_path / "evil.pt", marker)
+    evil = evil_checkpoint(trained["save"] / "checkpoint_last.pt", tmp_path / "evil.pt", marker)
     proc = run_cli("fairseq-generate", trained["data"], "--path", evil, "--user-dir", USER_DIR,
                    "--gen-subset", "test", "--beam", "1", "--max-tokens", "1000", "--cpu", check=False)
     err = proc.stdout + proc.stderr
@@ -144,7 +126,7 @@ def test_load_checkpoint_errors(trained, tmp_path):
         checkpoint_safety.load_checkpoint(str(truncated))
 
     marker = tmp_path / "PWNED"
-    evil = _evil_checkpoint(trained["save"] / "checkpoint1.pt", tmp_path / "evil.pt", marker)
+    evil = evil_checkpoint(trained["save"] / "checkpoint1.pt", tmp_path / "evil.pt", marker)
     with pytest.raises(checkpoint_safety.UnsafeCheckpointError) as info:
         checkpoint_safety.load_checkpoint(str(evil))
     assert info.value.globals == ["posix.system"]
@@ -160,7 +142,7 @@ def test_fairseq_loader_in_process_names_the_global(trained, tmp_path):
     state = checkpoint_utils.load_checkpoint_to_cpu(str(trained["save"] / "checkpoint_best.pt"))
     assert state["cfg"].model.arch == "transformer"
     marker = tmp_path / "PWNED"
-    evil = _evil_checkpoint(trained["save"] / "checkpoint_best.pt", tmp_path / "evil.pt", marker)
+    evil = evil_checkpoint(trained["save"] / "checkpoint_best.pt", tmp_path / "evil.pt", marker)
     with pytest.raises(RuntimeError, match=r"posix\.system"):
         checkpoint_utils.load_checkpoint_to_cpu(str(evil))
     assert not marker.exists()

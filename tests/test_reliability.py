@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import ROOT, TINY_TRAIN, USER_DIR, VENV_BIN, build_model, run_cli
+from helpers import ROOT, TINY_TRAIN, USER_DIR, VENV_BIN, build_model, evil_checkpoint, run_cli
 
 from fairseq_admin import checkpoint_safety
 from fairseq_admin.cli import average_checkpoints as avg
@@ -68,20 +68,6 @@ def postln_run(synthetic_data, tmp_path_factory):
     return {"data": synthetic_data, "save": save}
 
 
-def _evil_checkpoint(src, dst, marker):
-    """A real fairseq checkpoint plus one object whose unpickling would call os.system('touch MARKER')."""
-
-    class Payload:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    state = checkpoint_safety.load_checkpoint(src)
-    state["extra_state"]["payload"] = Payload()
-    torch.save(state, dst)
-    assert "posix.system" in torch.serialization.get_unsafe_globals_in_checkpoint(str(dst))
-    return dst
-
-
 # ---- c1: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 must not let a malicious pickle run in any tool -------------------------
 HUB = ("import sys, fairseq_admin\n"
        "from fairseq.models.transformer import TransformerModel\n"
@@ -129,7 +115,7 @@ def _tool_command(tool, data, evil, good, work):
 @pytest.mark.parametrize("tool", TOOLS)
 def test_c1_malicious_checkpoint_never_runs(trained, tmp_path, tool, switch):
     marker = tmp_path / "PWNED"
-    evil = _evil_checkpoint(trained["save"] / "checkpoint_last.pt", tmp_path / "evil.pt", marker)
+    evil = evil_checkpoint(trained["save"] / "checkpoint_last.pt", tmp_path / "evil.pt", marker)
     cmd, stdin = _tool_command(tool, trained["data"], evil, trained["save"] / "checkpoint1.pt", tmp_path)
     env = {UNSAFE_SWITCH: "1"} if switch != "unset" else {}
     proc = _run(cmd, env, input=stdin)
@@ -151,7 +137,7 @@ def test_c1_in_process_loader_passes_weights_only_explicitly(trained, tmp_path, 
 
     monkeypatch.setenv(UNSAFE_SWITCH, "1")
     marker = tmp_path / "PWNED"
-    evil = _evil_checkpoint(trained["save"] / "checkpoint1.pt", tmp_path / "evil.pt", marker)
+    evil = evil_checkpoint(trained["save"] / "checkpoint1.pt", tmp_path / "evil.pt", marker)
     for load in (checkpoint_utils.load_checkpoint_to_cpu, checkpoint_utils.load_ema_from_checkpoint,
                  checkpoint_safety.load_checkpoint):
         with pytest.raises(checkpoint_safety.UnsafeCheckpointError, match="posix.system"):
@@ -181,7 +167,7 @@ def test_c2_depth_grid_reads_checkpoints_safely(trained, tmp_path):
     assert depth_grid.checkpoint_updates(str(trained["save"] / "checkpoint2.pt")) == \
         state["optimizer_history"][-1]["num_updates"]
     marker = tmp_path / "PWNED"
-    evil = _evil_checkpoint(trained["save"] / "checkpoint2.pt", tmp_path / "evil.pt", marker)
+    evil = evil_checkpoint(trained["save"] / "checkpoint2.pt", tmp_path / "evil.pt", marker)
     with pytest.raises(checkpoint_safety.UnsafeCheckpointError):
         depth_grid.checkpoint_updates(str(evil))
     assert not marker.exists()

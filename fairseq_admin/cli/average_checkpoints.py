@@ -22,7 +22,6 @@ import collections
 import os
 import re
 import sys
-import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -237,25 +236,6 @@ def check_output(output: str, inputs: Sequence[str]) -> None:
         raise AverageError(f"--output {output}: directory {existing} is not writable")
 
 
-def write_atomically(state: Dict, output: str) -> None:
-    """``torch.save`` to a temporary file in the output's directory, then rename: ``output`` is never half-written,
-    and the temporary file is removed if saving fails."""
-    directory = os.path.dirname(os.path.abspath(output))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(output)}.", suffix=".tmp", dir=directory)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> what open() would have given
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, output)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fairseq-admin-average",
@@ -288,7 +268,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     for path in paths:
         print(f"[average]   {path}", flush=True)
     state = average_checkpoints(paths)
-    write_atomically(state, args.output)
+    checkpoint_safety.save_atomically(state, args.output)
     print(f"[average] wrote {args.output}", flush=True)
     return args.output
 

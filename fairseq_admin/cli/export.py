@@ -59,10 +59,8 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-import io
 import os
 import sys
-import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -463,26 +461,6 @@ def check_dictionaries(data: str, model_cfg: Dict[str, Any], weights: Dict[str, 
                               f"rows: not this model's dictionaries")
 
 
-def write_atomically(state: Dict[str, Any], path: str) -> None:
-    """``torch.save`` into memory (the archive is named ``archive``, not after a file, so the bytes depend on the
-    content only), then a temporary file beside ``path`` renamed onto it."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".export-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> what a plain open() would give
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fairseq-admin-export",
@@ -518,7 +496,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
     if args.data:
         check_dictionaries(args.data, model_cfg, state.get("model", {}))
     out, lines = export_state(state, args.checkpoint, args.data, args.sentencepiece_model)
-    write_atomically(out, args.out)
+    checkpoint_safety.save_atomically(out, args.out)
     lines.append(f"wrote {args.out}")
     return lines
 
