@@ -18,6 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DATA = (REPO / ".." / "shared" / "data").resolve()
 SCRIPTS = REPO / "data-prep"
+USER_DIR = str(REPO / "fairseq_admin")
 
 # Load prepare.py as a file: importing the fairseq_admin package would import fairseq, which these tests do not need.
 _spec = importlib.util.spec_from_file_location("prepare_under_test", REPO / "fairseq_admin" / "cli" / "prepare.py")
@@ -56,7 +57,9 @@ def snapshot(root):
 
 
 def fairseq_train_ok(data_bin):
-    cmd = [os.path.join(os.path.dirname(sys.executable), "fairseq-train"), str(data_bin), "--arch", "transformer",
+    # --user-dir for its clean exit after a mid-epoch stop (fairseq_admin/clean_exit.py); the model is fairseq's own
+    cmd = [os.path.join(os.path.dirname(sys.executable), "fairseq-train"), str(data_bin), "--user-dir", USER_DIR,
+           "--arch", "transformer",
            "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
            "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2",
            "--decoder-attention-heads", "2", "--max-update", "2", "--max-tokens", "2000", "--optimizer", "adam",

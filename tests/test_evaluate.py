@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from helpers import ROOT, SHARED_DATA, TINY_TRAIN, VENV_BIN, run_cli
+from helpers import ROOT, SHARED_DATA, TINY_TRAIN, USER_DIR, VENV_BIN, run_cli
 
 from fairseq_admin.cli import evaluate as ev
 
@@ -112,8 +112,9 @@ def test_help():
 @pytest.fixture(scope="module")
 def multi30k_model(multi30k_data, tmp_path_factory):
     save = tmp_path_factory.mktemp("eval_ckpt")
-    run_cli("fairseq-train", multi30k_data["bin"], *TINY_TRAIN, "--max-tokens", "2000", "--max-update", "30",
-            "--save-interval-updates", "10", "--save-dir", save, "--no-epoch-checkpoints")
+    # --user-dir for its clean exit after a mid-epoch stop (fairseq_admin/clean_exit.py)
+    run_cli("fairseq-train", multi30k_data["bin"], *TINY_TRAIN, "--user-dir", USER_DIR, "--max-tokens", "2000",
+            "--max-update", "30", "--save-interval-updates", "10", "--save-dir", save, "--no-epoch-checkpoints")
     n = multi30k_data["test_size"]
     ref = tmp_path_factory.mktemp("eval_ref") / "test.raw.de"
     with open(SHARED_DATA / "multi30k" / "test_2016_flickr.de", encoding="utf-8") as f:

@@ -12,7 +12,7 @@ import re
 import pytest
 
 from fairseq_admin.cli import evaluate as ev
-from helpers import TINY_TRAIN, run_cli
+from helpers import TINY_TRAIN, USER_DIR, run_cli
 from test_data_prep import DATA, lines, prepare, run_script
 
 TEST_SETS = ["IWSLT14.TED.dev2010", "IWSLT14.TEDX.dev2012", "IWSLT14.TED.tst2010", "IWSLT14.TED.tst2011",
@@ -150,8 +150,9 @@ def test_de_en_tokenized_bleu_is_the_iwslt_one():
 def test_evaluate_de_en_end_to_end(prepared, tmp_path):
     out, _ = prepared
     save = tmp_path / "ckpt"
-    run_cli("fairseq-train", out / "data-bin", *TINY_TRAIN, "--max-tokens", "2000", "--max-update", "10",
-            "--save-dir", save, "--no-epoch-checkpoints")
+    # --user-dir for its clean exit after a mid-epoch stop (fairseq_admin/clean_exit.py)
+    run_cli("fairseq-train", out / "data-bin", *TINY_TRAIN, "--user-dir", USER_DIR, "--max-tokens", "2000",
+            "--max-update", "10", "--save-dir", save, "--no-epoch-checkpoints")
     proc = run_cli("fairseq-admin-evaluate", "--pair", "de-en", "--checkpoints", save, "--data", out / "data-bin",
                    "--spm", out / "spm.model", "--ref", out / "test.raw.en", "--num-checkpoints", "1", "--cpu",
                    "--out", tmp_path / "r.json", "--generate-args", "--max-len-a 0 --max-len-b 10")
