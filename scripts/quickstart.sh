@@ -4,111 +4,191 @@ set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-usage: bash scripts/quickstart.sh [--raw-dir DIR] [--out DIR] [--layers N-M] [--max-update N] [--scheme S]
+usage: bash scripts/quickstart.sh [--raw-dir DIR | --data DIR] [--out DIR] [--layers N-M] [--scheme S]
+                                  [--max-update N] [--stop-minutes M] [--lr LR] [--warmup N] [--max-tokens N]
+                                  [--threads N] [--compare-postln] [--no-eval] [--generate-args 'ARGS']
+                                  [-- FAIRSEQ_TRAIN_ARGS...]
 
 Runs the whole pipeline on Multi30k En-De (29k training pairs), on the CPU, in about half an hour on 2 cores:
   1. sets up .venv (scripts/setup_env.sh)
   2. prepares the data (data-prep/prepare-multi30k.sh: download or --raw-dir, sentencepiece 8k, fairseq-preprocess)
   3. trains an 18-6 layer Admin Transformer (18-layer encoder, 6-layer decoder; d=128, ffn 512, 4 heads) with
-     fairseq-train --task translation; Admin's ω is profiled by the model on the first batch and written to
-     OUT/checkpoints/<scheme>_<layers>/profile.ratio.init
+     fairseq-train --task translation, printing a progress line (updates/s, time left) every 25 updates; Admin's
+     omega is profiled by the model on the first batch and written to OUT/checkpoints/<scheme>_<layers>/profile.ratio.init
   4. evaluates (scripts/evaluate.sh): averages the last 3 checkpoints (every 100 updates), beam 4, sacreBLEU and
      tokenized BLEU on test_2016_flickr
-  5. prints the BLEU scores and where everything was written
+  5. with --compare-postln: the same depth as plain Post-LN under the same recipe, trained and evaluated the same way
+  6. prints test sentences (source, reference, each model's translation), the BLEU with its signature, where the
+     files are, and writes OUT/curves-<layers>.png: training and validation loss of each run
 Every step is skipped or resumed when re-run: an interrupted training run continues from its last checkpoint, and
-a finished one (checkpoint_last.pt at --max-update updates) is not trained further: the re-run goes straight to
-evaluation.
+a finished one (checkpoint_last.pt at --max-update updates, or past --stop-minutes) is not trained further.
 
-  --raw-dir DIR    read Multi30k from DIR (train/val/test_2016_flickr .en/.de) instead of downloading it,
-                   e.g. --raw-dir ../shared/data/multi30k
-  --out DIR        where data, checkpoints and results go (default: quickstart/)
-  --layers N-M     encoder-decoder depth (default 18-6: a deep encoder, a shallow decoder; 18-18 trains ~1.7x
-                   slower per update)
-  --max-update N   training updates (default 1000, ~3k target tokens each, ~6.5 epochs)
-  --scheme S       residual scheme: admin (default), postln, preln, b2t (for comparison)
+  --raw-dir DIR      read Multi30k from DIR (train/val/test_2016_flickr .en/.de) instead of downloading it,
+                     e.g. --raw-dir ../shared/data/multi30k
+  --data DIR         use DIR as prepared by data-prep/prepare-multi30k.sh (skips step 2)
+  --out DIR          where data, checkpoints and results go (default: quickstart/)
+  --layers N-M       encoder-decoder depth (default 18-6: a deep encoder, a shallow decoder)
+  --scheme S         residual scheme: admin (default), b2t, deepnorm, preln, postln
+  --max-update N     training updates (default 1000)
+  --stop-minutes M   also stop after M minutes of training (fairseq's --stop-time-hours; default: no limit)
+  --lr LR            peak learning rate (default 1e-3; inverse square root schedule)
+  --warmup N         warm-up updates (default 200)
+  --max-tokens N     tokens per batch (default 3500)
+  --threads N        torch CPU threads (default: the number of cores)
+  --compare-postln   also train and evaluate Post-LN at the same depth (about as long again)
+  --no-eval          stop after training (benchmarks/quickstart_search.py: the search never reads the test set)
+  --generate-args A  more fairseq-generate options for the evaluation, e.g. '--max-len-b 20' (scripts/evaluate.sh)
+  -- ARGS            passed to fairseq-train as they are, e.g. -- --admin-init 'O(logn)'
 USAGE
 }
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=$root/quickstart
 raw_args=()
+data=
 layers=18-6
-max_update=1000
 scheme=admin
+max_update=1000
+stop_minutes=0
+lr=1e-3
+warmup=200
+max_tokens=3500
+threads=$(nproc 2>/dev/null || echo 2)
+compare=0
+evaluate=1
+generate_args=
+extra=()
+need() { if [ $# -lt 2 ] || [ -z "$2" ]; then echo "quickstart.sh: $1 needs a value" >&2; exit 2; fi; }
 while [ $# -gt 0 ]; do
   case "$1" in
-    --raw-dir) raw_args=(--raw-dir "$(cd "$2" && pwd)"); shift 2 ;;
-    --out) out=$2; shift 2 ;;
-    --layers) layers=$2; shift 2 ;;
-    --max-update) max_update=$2; shift 2 ;;
-    --scheme) scheme=$2; shift 2 ;;
+    --raw-dir) need "$@"; raw_args=(--raw-dir "$(cd "$2" && pwd)"); shift 2 ;;
+    --data) need "$@"; data=$(cd "$2" && pwd); shift 2 ;;
+    --out) need "$@"; out=$2; shift 2 ;;
+    --layers) need "$@"; layers=$2; shift 2 ;;
+    --scheme) need "$@"; scheme=$2; shift 2 ;;
+    --max-update) need "$@"; max_update=$2; shift 2 ;;
+    --stop-minutes) need "$@"; stop_minutes=$2; shift 2 ;;
+    --lr) need "$@"; lr=$2; shift 2 ;;
+    --warmup) need "$@"; warmup=$2; shift 2 ;;
+    --max-tokens) need "$@"; max_tokens=$2; shift 2 ;;
+    --threads) need "$@"; threads=$2; shift 2 ;;
+    --compare-postln) compare=1; shift ;;
+    --no-eval) evaluate=0; shift ;;
+    --generate-args) need "$@"; generate_args=$2; shift 2 ;;
+    --) shift; extra=("$@"); break ;;
     -h|--help) usage; exit 0 ;;
     *) echo "quickstart.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
   esac
 done
-if ! [[ $layers =~ ^[1-9][0-9]*-[1-9][0-9]*$ ]]; then
-  echo "quickstart.sh: --layers must look like 18-18 (both depths >= 1), got '$layers'" >&2; exit 2
-fi
-if ! [[ $max_update =~ ^[0-9]+$ ]] || [ "$max_update" -lt 1 ]; then echo "quickstart.sh: --max-update must be a positive integer" >&2; exit 2; fi
+bad() { echo "quickstart.sh: $*" >&2; exit 2; }
+[[ $layers =~ ^[1-9][0-9]*-[1-9][0-9]*$ ]] || bad "--layers must look like 18-18 (both depths >= 1), got '$layers'"
+case "$scheme" in admin|b2t|deepnorm|preln|postln) ;; *) bad "--scheme must be admin, b2t, deepnorm, preln or postln, got '$scheme'" ;; esac
+for name in max_update warmup max_tokens threads; do
+  value=${!name}
+  [[ $value =~ ^[0-9]+$ ]] || bad "--${name//_/-} must be a whole number, got '$value'"
+done
+[ "$max_update" -ge 1 ] || bad "--max-update must be a positive integer"
+[ "$max_tokens" -ge 1 ] && [ "$threads" -ge 1 ] || bad "--max-tokens and --threads must be at least 1"
+[[ $stop_minutes =~ ^[0-9]+([.][0-9]+)?$ ]] || bad "--stop-minutes must be a number of minutes, got '$stop_minutes'"
+[[ $lr =~ ^[0-9.]+(e-?[0-9]+)?$ ]] || bad "--lr must be a positive number, got '$lr'"
+if [ -n "$data" ] && [ ${#raw_args[@]} -gt 0 ]; then bad "--data and --raw-dir exclude each other"; fi
+if [ -n "$data" ] && [ ! -f "$data/data-bin/dict.en.txt" ]; then bad "$data has no data-bin/dict.en.txt (prepare it with data-prep/prepare-multi30k.sh)"; fi
+if [ "$compare" = 1 ] && [ "$scheme" = postln ]; then bad "--compare-postln compares another scheme with Post-LN; --scheme is postln"; fi
 enc_layers=${layers%-*}
 dec_layers=${layers#*-}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 start=$(date +%s)
 step() { echo; echo "=== [quickstart $(( ($(date +%s) - start) / 60 )) min] $*"; }
+export OMP_NUM_THREADS=$threads
 
-step "1/5 environment"
+step "environment"
 bash "$root/scripts/setup_env.sh"
 venv=${FAIRSEQ_ADMIN_VENV:-$root/.venv}
 export PATH="$venv/bin:$PATH"
 
-step "2/5 data: Multi30k En-De -> $out/data"
-bash "$root/data-prep/prepare-multi30k.sh" --out "$out/data" "${raw_args[@]}" --vocab-size 8000
+if [ -z "$data" ]; then
+  data=$out/data
+  step "data: Multi30k En-De -> $data"
+  bash "$root/data-prep/prepare-multi30k.sh" --out "$data" "${raw_args[@]}" --vocab-size 8000
+fi
 
-save=$out/checkpoints/${scheme}_${layers}
-step "3/5 training a $layers layer $scheme Transformer on the CPU -> $save"
-train=(fairseq-train "$out/data/data-bin" --user-dir "$root/fairseq_admin" --task translation
-  --arch "${scheme}_transformer" --encoder-layers "$enc_layers" --decoder-layers "$dec_layers"
-  --encoder-embed-dim 128 --decoder-embed-dim 128 --encoder-ffn-embed-dim 512 --decoder-ffn-embed-dim 512
-  --encoder-attention-heads 4 --decoder-attention-heads 4 --share-all-embeddings
-  --optimizer adam --adam-betas "(0.9, 0.98)" --lr 1e-3 --lr-scheduler inverse_sqrt --warmup-updates 200
-  --warmup-init-lr 1e-7 --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --dropout 0.1
-  --max-tokens 3500 --max-update "$max_update" --seed 1 --cpu --num-workers 0
-  --save-dir "$save" --save-interval-updates 100 --keep-interval-updates 3 --no-epoch-checkpoints
-  --log-format simple --log-interval 25)
-if [ "$scheme" = admin ]; then train+=(--admin-profile-save "$save/profile.ratio.init"); fi
-# fairseq-train, re-run on a finished save dir, trains one more update and overwrites checkpoint_best/last: look first
-done_updates=0
-if [ -f "$save/checkpoint_last.pt" ]; then
-  done_updates=$(python - "$save/checkpoint_last.pt" <<'PY' 2>/dev/null || echo 0
+stop_seconds=$(python -c "import sys; print(int(float(sys.argv[1]) * 60))" "$stop_minutes")
+# train SCHEME: fairseq-train into OUT/checkpoints/SCHEME_LAYERS, its log in OUT/train-SCHEME_LAYERS.log
+train() {
+  local run=$1_$layers save=$out/checkpoints/$1_$layers log=$out/train-$1_$layers.log
+  step "training a $layers layer $1 Transformer on the CPU ($threads threads) -> $save"
+  local cmd=(fairseq-train "$data/data-bin" --user-dir "$root/fairseq_admin" --task translation
+    --arch "$1_transformer" --encoder-layers "$enc_layers" --decoder-layers "$dec_layers"
+    --encoder-embed-dim 128 --decoder-embed-dim 128 --encoder-ffn-embed-dim 512 --decoder-ffn-embed-dim 512
+    --encoder-attention-heads 4 --decoder-attention-heads 4 --share-all-embeddings
+    --optimizer adam --adam-betas "(0.9, 0.98)" --lr "$lr" --lr-scheduler inverse_sqrt --warmup-updates "$warmup"
+    --warmup-init-lr 1e-7 --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --dropout 0.1
+    --max-tokens "$max_tokens" --max-update "$max_update" --seed 1 --cpu --num-workers 0
+    --save-dir "$save" --save-interval-updates 100 --keep-interval-updates 3 --no-epoch-checkpoints
+    --log-format simple --log-interval 25)
+  if [ "$stop_seconds" -gt 0 ]; then cmd+=(--stop-time-hours "$(python -c "print($stop_minutes / 60)")"); fi
+  if [ "$1" = admin ]; then cmd+=(--admin-profile-save "$save/profile.ratio.init"); fi
+  if [ "$1" = "$scheme" ]; then cmd+=("${extra[@]}"); fi  # -- ARGS belong to the main run (a scheme's own options)
+  # fairseq-train, re-run on a finished save dir, trains one more update and overwrites checkpoint_best/last: look first
+  local done_updates=0 done_seconds=0
+  if [ -f "$save/checkpoint_last.pt" ]; then
+    read -r done_updates done_seconds < <(python - "$save/checkpoint_last.pt" <<'PY' 2>/dev/null || echo "0 0"
 import sys
 from fairseq_admin.checkpoint_safety import load_checkpoint
-print(int(load_checkpoint(sys.argv[1])["optimizer_history"][-1]["num_updates"]))
+state = load_checkpoint(sys.argv[1])
+print(int(state["optimizer_history"][-1]["num_updates"]),
+      int(state.get("extra_state", {}).get("previous_training_time", 0)))
 PY
 )
-fi
-if [ "$done_updates" -ge "$max_update" ]; then
-  echo "training already finished: $save/checkpoint_last.pt is at $done_updates updates (--max-update $max_update);" \
-    "not training further"
-else
-  printf '%q ' "${train[@]}"; echo
-  "${train[@]}" 2>&1 | tee -a "$out/train-${scheme}_${layers}.log"
+  fi
+  if [ "$done_updates" -ge "$max_update" ] || { [ "$stop_seconds" -gt 0 ] && [ "$done_seconds" -ge "$stop_seconds" ]; }; then
+    echo "training already finished: $save/checkpoint_last.pt is at $done_updates updates after $done_seconds s" \
+      "(--max-update $max_update, --stop-minutes $stop_minutes); not training further"
+    return
+  fi
+  printf '%q ' "${cmd[@]}" | tee -a "$log"; echo | tee -a "$log"
+  "${cmd[@]}" 2>&1 | tee -a "$log" | python -m fairseq_admin.cli.quickstart progress --max-update "$max_update" \
+    --stop-minutes "$stop_minutes"
+}
+
+# evaluate SCHEME: test_2016_flickr BLEU of SCHEME_LAYERS into OUT/results-SCHEME_LAYERS.json
+evaluate() {
+  step "evaluation of $1_$layers on test_2016_flickr"
+  # the last 3 interval checkpoints; a run shorter than 300 updates has fewer (below 2: checkpoint_best.pt)
+  local n
+  n=$(find "$out/checkpoints/$1_$layers" -maxdepth 1 -name 'checkpoint_*_*.pt' | wc -l)
+  if [ "$n" -gt 3 ]; then n=3; fi
+  if [ "$n" -lt 3 ]; then echo "only $n interval checkpoints (every 100 updates): averaging $n (below 2: checkpoint_best.pt)"; fi
+  bash "$root/scripts/evaluate.sh" --pair en-de --checkpoints "$out/checkpoints/$1_$layers" --data "$data/data-bin" \
+    --spm "$data/spm.model" --ref "$data/test.raw.de" --num-checkpoints "$n" --average-by update \
+    --beam 4 --lenpen 0.6 --user-dir "$root/fairseq_admin" --cpu --out "$out/results-$1_$layers.json" \
+    ${generate_args:+--generate-args "$generate_args"}
+}
+
+schemes=("$scheme")
+if [ "$compare" = 1 ]; then schemes+=(postln); fi
+for s in "${schemes[@]}"; do
+  train "$s"
+  if [ "$evaluate" = 1 ]; then evaluate "$s"; fi
+done
+if [ "$evaluate" = 0 ]; then
+  step "done in $(( ($(date +%s) - start) / 60 )) minutes (--no-eval: not evaluated)"
+  exit 0
 fi
 
-step "4/5 evaluation on test_2016_flickr"
-bash "$root/scripts/evaluate.sh" --pair en-de --checkpoints "$save" --data "$out/data/data-bin" \
-  --spm "$out/data/spm.model" --ref "$out/data/test.raw.de" --num-checkpoints 3 --average-by update \
-  --beam 4 --lenpen 0.6 --user-dir "$root/fairseq_admin" --cpu --out "$out/results-${scheme}_${layers}.json"
-
-step "5/5 done in $(( ($(date +%s) - start) / 60 )) minutes"
-python - "$out/results-${scheme}_${layers}.json" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-print(json.dumps({k: r[k] for k in r if "bleu" in k.lower()}, indent=2))
-PY
-cat <<DONE
-  data:         $out/data (data-bin, spm.model, test.raw.de)
-  checkpoints:  $save (profile.ratio.init: Admin's profiled omega)
-  training log: $out/train-${scheme}_${layers}.log
-  results:      $out/results-${scheme}_${layers}.json
-DONE
+step "done in $(( ($(date +%s) - start) / 60 )) minutes"
+runs=()
+for s in "${schemes[@]}"; do runs+=(--run "$s $layers=$out/train-${s}_$layers.log=$out/results-${s}_$layers.json"); done
+python -m fairseq_admin.cli.quickstart report "${runs[@]}" --source "$data/test.raw.en" \
+  --reference "$data/test.raw.de" --png "$out/curves-$layers.png" \
+  --title "Multi30k En-De, $layers layers (encoder-decoder), d=128, lr $lr, warm-up $warmup, $max_tokens tokens/batch"
+echo
+echo "  data:          $data (data-bin, spm.model, test.raw.de)"
+for s in "${schemes[@]}"; do
+  echo "  $s:"
+  echo "    checkpoints:  $out/checkpoints/${s}_$layers$([ "$s" = admin ] && echo " (profile.ratio.init: Admin's profiled omega)")"
+  echo "    training log: $out/train-${s}_$layers.log"
+  echo "    results:      $out/results-${s}_$layers.json (translations: $out/results-${s}_$layers.hyp.detok.de)"
+done
+echo "  curves:        $out/curves-$layers.png"

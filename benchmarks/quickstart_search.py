@@ -1,0 +1,212 @@
+"""The search that chooses the quick start's configuration: the lowest validation loss after 30 minutes of training.
+
+Every trial is ``scripts/quickstart.sh --no-eval --stop-minutes 30`` with one configuration from TRIALS (at least 18
+encoder layers), on the quick start's own data (Multi30k En-De, sentencepiece 8k, prepared once into WORK/data), at
+``--threads`` torch threads. fairseq stops it after 30 minutes of training (``--stop-time-hours``, counted across
+resumes) and validates there; the pick is the lowest validation nll loss at that mark. The test set is never read.
+
+Results: RESULTS/<trial>.json (configuration, the exact command, wall time of each segment, updates reached, the
+validation loss at every checkpoint) and RESULTS/TABLE.md. Re-running skips finished trials and resumes an
+interrupted one from its checkpoint_last.pt; two searches may run side by side on disjoint or overlapping --trials
+(a lock per trial), e.g. one per core with --threads 1.
+
+    python benchmarks/quickstart_search.py --trials admin-18-6-lr1e-3,admin-18-6-lr2e-3 --threads 1
+    python benchmarks/quickstart_search.py --table     # TABLE.md from the results so far
+"""
+import argparse
+import fcntl
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+from fairseq_admin.cli.quickstart import VALID  # noqa: E402  (the same log parsing as the quick start's report)
+
+MINUTES = 30.0
+# name -> quickstart.sh options; every trial: d=128, ffn 512, 4 heads, Adam (0.9, 0.98), inverse_sqrt, dropout 0.1
+TRIALS = {
+    "admin-18-6-lr1e-3": dict(scheme="admin", layers="18-6", lr="1e-3", warmup=200, max_tokens=3500),
+    "admin-18-6-lr2e-3": dict(scheme="admin", layers="18-6", lr="2e-3", warmup=200, max_tokens=3500),
+    "admin-18-6-lr2e-3-b2000": dict(scheme="admin", layers="18-6", lr="2e-3", warmup=200, max_tokens=2000),
+    "admin-18-3-lr2e-3": dict(scheme="admin", layers="18-3", lr="2e-3", warmup=200, max_tokens=3500),
+    "admin-logn-18-6-lr2e-3": dict(scheme="admin", layers="18-6", lr="2e-3", warmup=200, max_tokens=3500,
+                                   extra=["--admin-init", "O(logn)"]),
+    "deepnorm-18-6-lr2e-3": dict(scheme="deepnorm", layers="18-6", lr="2e-3", warmup=200, max_tokens=3500),
+    "b2t-18-6-lr2e-3": dict(scheme="b2t", layers="18-6", lr="2e-3", warmup=200, max_tokens=3500),
+}
+
+
+def log(msg):
+    print(f"[quickstart_search {datetime.now(timezone.utc):%H:%M:%SZ}] {msg}", flush=True)
+
+
+def trial_command(name, data, out, threads, minutes=MINUTES):
+    t = TRIALS[name]
+    cmd = ["bash", os.path.join(ROOT, "scripts", "quickstart.sh"), "--data", data, "--out", out, "--no-eval",
+           "--scheme", t["scheme"], "--layers", t["layers"], "--lr", t["lr"], "--warmup", str(t["warmup"]),
+           "--max-tokens", str(t["max_tokens"]), "--threads", str(threads), "--stop-minutes", f"{minutes:g}",
+           "--max-update", "100000"]
+    if t.get("extra"):
+        cmd += ["--", *t["extra"]]
+    return cmd
+
+
+def valid_curve(train_log):
+    """[{update, nll_loss}] of every validation in the log (a resumed run's repeats keep the last)."""
+    points = {}
+    if os.path.exists(train_log):
+        with open(train_log, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                m = VALID.search(line)
+                if m:
+                    points[int(m.group(2))] = float(m.group(1))
+    return [{"update": u, "nll_loss": v} for u, v in sorted(points.items())]
+
+
+def training_state(ckpt):
+    """(updates, seconds of training) saved in checkpoint_last.pt, or (0, 0.0)."""
+    if not os.path.exists(ckpt):
+        return 0, 0.0
+    from fairseq_admin.checkpoint_safety import load_checkpoint
+
+    state = load_checkpoint(ckpt)
+    return (int(state["optimizer_history"][-1]["num_updates"]),
+            float(state.get("extra_state", {}).get("previous_training_time", 0.0)))
+
+
+def prepare_data(args):
+    data = os.path.join(args.work, "data")
+    with open(os.path.join(args.work, "data.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second search waits for the first one's preparation
+        subprocess.run(["bash", os.path.join(ROOT, "data-prep", "prepare-multi30k.sh"), "--out", data, "--raw-dir",
+                        args.raw_dir, "--vocab-size", "8000", "--workers", "1"], check=True)
+    return data
+
+
+def run_trial(args, name, data):
+    result_path = os.path.join(args.results, f"{name}.json")
+    if os.path.exists(result_path):
+        log(f"{name}: finished before ({result_path}); skipped")
+        return
+    out = os.path.join(args.work, name)
+    os.makedirs(out, exist_ok=True)
+    lock = open(os.path.join(out, "trial.lock"), "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log(f"{name}: another search is running it; skipped")
+        return
+    t = TRIALS[name]
+    cmd = trial_command(name, data, out, args.threads, args.minutes)
+    state_path = os.path.join(out, "segments.json")
+    segments = json.load(open(state_path)) if os.path.exists(state_path) else []
+    train_log = os.path.join(out, f"train-{t['scheme']}_{t['layers']}.log")
+    ckpt = os.path.join(out, "checkpoints", f"{t['scheme']}_{t['layers']}", "checkpoint_last.pt")
+    log(f"{name}: {'resuming' if segments else 'starting'}: {' '.join(cmd)}")
+    began = time.time()
+    with open(os.path.join(out, "quickstart.out"), "a") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS=str(
+            args.threads))).returncode
+    segments.append({"start": datetime.fromtimestamp(began, timezone.utc).isoformat(), "seconds": time.time() - began,
+                     "rc": rc, "load_average_at_end": os.getloadavg()[0]})
+    with open(state_path + ".tmp", "w") as f:
+        json.dump(segments, f, indent=1)
+    os.replace(state_path + ".tmp", state_path)
+    updates, trained = training_state(ckpt)
+    if rc != 0 or trained < 60 * args.minutes:
+        raise SystemExit(f"{name}: quickstart.sh exited {rc} after {trained:.0f} s of training (of "
+                         f"{60 * args.minutes:.0f}); see {out}/quickstart.out; re-run to resume")
+    curve = valid_curve(train_log)
+    result = {"trial": name, "config": t, "command": cmd, "threads": args.threads, "minutes": args.minutes,
+              "updates": updates, "training_seconds": round(trained, 1),
+              "wall_seconds": round(sum(s["seconds"] for s in segments), 1), "segments": segments,
+              "valid_curve": curve, "final_valid_nll": curve[-1]["nll_loss"] if curve else None,
+              "cpu": _cpu(), "finished": datetime.now(timezone.utc).isoformat()}
+    os.makedirs(args.results, exist_ok=True)
+    with open(result_path + ".tmp", "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(result_path + ".tmp", result_path)
+    log(f"{name}: {updates} updates in {trained:.0f} s of training, validation nll {result['final_valid_nll']}")
+
+
+def _cpu():
+    try:
+        from common import cpu_name  # benchmarks/common.py
+        return cpu_name()
+    except Exception:  # the name is a label only
+        return None
+
+
+def write_table(results_dir):
+    rows = []
+    for name in sorted(os.listdir(results_dir)) if os.path.isdir(results_dir) else []:
+        if name.endswith(".json"):
+            with open(os.path.join(results_dir, name)) as f:
+                rows.append(json.load(f))
+    rows.sort(key=lambda r: (r["final_valid_nll"] is None, r["final_valid_nll"] or 0))
+    lines = [f"# Quick-start search: validation nll loss after {MINUTES:g} minutes of training",
+             "",
+             "Lowest first; the first row is the pick. `python benchmarks/quickstart_search.py --trials NAME` re-runs "
+             "a trial; each JSON holds its exact command and every validation.",
+             "",
+             "| trial | scheme | layers | lr | warm-up | tokens/batch | extra | threads | updates in 30 min | "
+             "valid nll (bits) at 30 min |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        c = r["config"]
+        lines.append(f"| {r['trial']} | {c['scheme']} | {c['layers']} | {c['lr']} | {c['warmup']} | "
+                     f"{c['max_tokens']} | {' '.join(c.get('extra', [])) or '—'} | {r['threads']} | {r['updates']} | "
+                     f"{r['final_valid_nll']:.3f} |")
+    os.makedirs(results_dir, exist_ok=True)
+    with open(os.path.join(results_dir, "TABLE.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return rows
+
+
+def make_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trials", default=",".join(TRIALS), help="comma-separated, run in this order (default: all)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per trial (default 1)")
+    p.add_argument("--minutes", type=float, default=MINUTES, help=argparse.SUPPRESS)  # tests: a short budget
+    p.add_argument("--work", default=os.path.join(HERE, "work", "quickstart-search"))
+    p.add_argument("--results", default=os.path.join(HERE, "results", "quickstart-search"))
+    p.add_argument("--raw-dir", default=os.path.join(os.path.dirname(ROOT), "shared", "data", "multi30k"))
+    p.add_argument("--table", action="store_true", help="only write RESULTS/TABLE.md from the results so far")
+    p.add_argument("--list", action="store_true", help="print the trials and their commands, run nothing")
+    return p
+
+
+def main(argv=None):
+    args = make_parser().parse_args(argv)
+    names = [n for n in args.trials.split(",") if n]
+    unknown = [n for n in names if n not in TRIALS]
+    if unknown:
+        raise SystemExit(f"quickstart_search.py: unknown trial {unknown[0]!r}; known: {', '.join(TRIALS)}")
+    if args.threads < 1 or args.minutes <= 0:
+        raise SystemExit("quickstart_search.py: --threads must be at least 1")
+    if args.table:
+        write_table(args.results)
+        return 0
+    if args.list:
+        for n in names:
+            print(n, " ".join(trial_command(n, "WORK/data", f"WORK/{n}", args.threads, args.minutes)))
+        return 0
+    if not os.path.isdir(args.raw_dir):
+        raise SystemExit(f"quickstart_search.py: {args.raw_dir} (Multi30k) does not exist; pass --raw-dir")
+    os.makedirs(args.work, exist_ok=True)
+    data = prepare_data(args)
+    for n in names:
+        run_trial(args, n, data)
+        write_table(args.results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""The quick start as a user sees it: progress lines with the time left, then examples, BLEU and a PNG of the curves
+(fairseq_admin/cli/quickstart.py, scripts/quickstart.sh), and the search that chose its configuration."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT, SHARED_DATA
+
+from fairseq_admin.cli import quickstart as qs
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import quickstart_search  # noqa: E402
+
+INNER = ("2026-12-01 11:11:00 | INFO | train_inner | epoch 001:     25 / 153 loss=12.51, nll_loss={nll}, ppl=5337.03, "
+         "wps=1208.5, ups=0.4, wpb=3022.5, bsz=209.9, num_updates={u}, lr=0.000125087, gnorm=2.253, train_wall=64, "
+         "wall={w}")
+VALID = ("2026-12-01 11:14:21 | INFO | valid | epoch 001 | valid on 'valid' subset | loss 9.046 | nll_loss {nll} | "
+         "ppl 348.72 | wps 3913.7 | wpb 2035.2 | bsz 126 | num_updates {u}")
+
+
+def test_progress_line_has_the_rate_and_the_time_left():
+    p = qs.Progress(max_update=1000)
+    first = p.line(INNER.format(nll=9, u=100, w=200))  # the run's average: 0.5 updates/s, 900 left -> 30 min
+    assert first == "[quickstart] update 100/1000 (10%) | 0.50 updates/s | 3 min elapsed | about 30 min left"
+    later = p.line(INNER.format(nll=9, u=200, w=300))  # since this process's first line: 1 update/s
+    assert later == "[quickstart] update 200/1000 (20%) | 1.00 updates/s | 5 min elapsed | about 13 min left"
+    assert p.line("2026-12-01 | INFO | fairseq_cli.train | done training") is None
+
+
+def test_progress_time_left_respects_the_time_budget():
+    p = qs.Progress(max_update=100000, stop_minutes=30)
+    p.line(INNER.format(nll=9, u=100, w=600))
+    assert p.line(INNER.format(nll=9, u=200, w=1200)).endswith("about 10 min left")  # 1800 - 1200 s
+
+
+def test_progress_filter_passes_every_line_through():
+    text = "\n".join(["a line", INNER.format(nll=9, u=10, w=20), "last"]) + "\n"
+    proc = subprocess.run([sys.executable, "-m", "fairseq_admin.cli.quickstart", "progress", "--max-update", "20"],
+                          input=text, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.split("\n")
+    assert out[:2] == ["a line", INNER.format(nll=9, u=10, w=20)]
+    assert out[2].startswith("[quickstart] update 10/20 (50%)") and out[3] == "last"
+
+
+def test_curves_keep_the_last_value_of_a_repeated_update(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text("\n".join([INNER.format(nll=9.5, u=25, w=60), VALID.format(nll=8.25, u=100),
+                              INNER.format(nll=9.0, u=25, w=61), VALID.format(nll=7.5, u=200)]) + "\n")
+    assert qs.read_curves(log) == ([(25, 9.0)], [(100, 8.25), (200, 7.5)])
+
+
+def test_examples_spread_over_the_test_set():
+    assert qs.example_indices(1000) == [0, 250, 500, 749, 999]
+    assert qs.example_indices(3) == [0, 1, 2]
+
+
+def _report(tmp_path, hyp_lines, src_lines=3):
+    (tmp_path / "src").write_text("".join(f"s{i}\n" for i in range(src_lines)))
+    (tmp_path / "ref").write_text("r0\nr1\nr2\n")
+    (tmp_path / "hyp").write_text("".join(f"h{i}\n" for i in range(hyp_lines)))
+    (tmp_path / "log").write_text(INNER.format(nll=9, u=25, w=60) + "\n" + VALID.format(nll=8, u=100) + "\n")
+    (tmp_path / "r.json").write_text(json.dumps({
+        "hypotheses_file": str(tmp_path / "hyp"), "sacrebleu": 12.345, "tokenized_bleu": 13.0,
+        "sacrebleu_signature": "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0",
+        "sacrebleu_text": "BLEU = 12.35 ..."}))
+    return subprocess.run([sys.executable, "-m", "fairseq_admin.cli.quickstart", "report", "--run",
+                           f"admin 2-2={tmp_path / 'log'}={tmp_path / 'r.json'}", "--source", tmp_path / "src",
+                           "--reference", tmp_path / "ref", "--png", tmp_path / "c.png"],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_report_prints_examples_and_bleu_with_its_signature(tmp_path):
+    pytest.importorskip("matplotlib", reason="the [plots] extra is not installed")
+    proc = _report(tmp_path, hyp_lines=3)
+    assert proc.returncode == 0, proc.stderr
+    assert "source:     s1" in proc.stdout and "reference:  r1" in proc.stdout and "admin 2-2:  h1" in proc.stdout
+    assert "sacreBLEU 12.35 (nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0)" in proc.stdout
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("hyp_lines, src_lines, needle", [(2, 3, "hyp has 2 lines"), (3, 4, "src has 4 lines")])
+def test_report_refuses_translations_that_do_not_line_up(tmp_path, hyp_lines, src_lines, needle):
+    proc = _report(tmp_path, hyp_lines, src_lines)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and needle in errors[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "c.png").exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--scheme", "nope"], "--scheme must be admin, b2t, deepnorm, preln or postln"),
+    (["--lr", "fast"], "--lr must be a positive number"),
+    (["--max-tokens", "0"], "--max-tokens and --threads must be at least 1"),
+    (["--stop-minutes", "half"], "--stop-minutes must be a number of minutes"),
+    (["--scheme", "postln", "--compare-postln"], "--compare-postln compares another scheme with Post-LN"),
+    (["--data", "/"], "has no data-bin/dict.en.txt"),
+])
+def test_quickstart_refuses_bad_options_before_any_work(tmp_path, argv, needle):
+    proc = subprocess.run(["bash", ROOT / "scripts" / "quickstart.sh", "--out", tmp_path / "qs", *argv],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+    assert not (tmp_path / "qs").exists() or not any((tmp_path / "qs").iterdir())
+
+
+def test_search_trials_are_the_quickstart_with_a_time_budget():
+    cmd = quickstart_search.trial_command("admin-logn-18-6-lr2e-3", "D", "O", threads=1)
+    assert cmd[:2] == ["bash", str(ROOT / "scripts" / "quickstart.sh")]
+    assert {"--no-eval", "--stop-minutes"} <= set(cmd) and cmd[cmd.index("--stop-minutes") + 1] == "30"
+    assert cmd[-3:] == ["--", "--admin-init", "O(logn)"]
+    assert all(int(t["layers"].split("-")[0]) >= 18 for t in quickstart_search.TRIALS.values())
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "multi30k").is_dir(), reason="../shared/data/multi30k is absent")
+def test_a_short_quickstart_prints_examples_and_writes_the_curves(tmp_path):
+    """The real quick start, 5 updates of each model: the report's examples, BLEU with signature and one PNG with
+    both runs' curves."""
+    pytest.importorskip("matplotlib", reason="the [plots] extra is not installed")
+    env = dict(os.environ, FAIRSEQ_ADMIN_VENV=os.path.dirname(os.path.dirname(sys.executable)))
+    proc = subprocess.run(["bash", ROOT / "scripts" / "quickstart.sh", "--raw-dir", SHARED_DATA / "multi30k",
+                           "--out", tmp_path / "qs", "--max-update", "5", "--layers", "18-2", "--threads", "1",
+                           "--compare-postln", "--generate-args", "--max-len-a 0 --max-len-b 4"],
+                          capture_output=True, text=True, timeout=1500, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "[quickstart] update 5/5" in out or "[quickstart] update" not in out  # fairseq logs every 25 updates
+    assert out.count("source:     ") == 5 and out.count("reference:  ") == 5
+    assert out.count("admin 18-2: ") == 5 and out.count("postln 18-2:") == 5
+    assert "admin: sacreBLEU" not in out and "admin 18-2: sacreBLEU" in out and "postln 18-2: sacreBLEU" in out
+    assert "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:" in out
+    png = tmp_path / "qs" / "curves-18-2.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"curves:        {png}" in out
+    for scheme in ("admin", "postln"):
+        assert json.loads((tmp_path / "qs" / f"results-{scheme}_18-2.json").read_text())["num_hypotheses"] == 1000
