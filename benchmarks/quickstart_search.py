@@ -81,12 +81,22 @@ def training_state(ckpt):
             float(state.get("extra_state", {}).get("previous_training_time", 0.0)))
 
 
+def _env(threads=None):
+    """This interpreter's environment for the scripts: its bin/ first on PATH, and as the quick start's venv."""
+    venv = os.path.dirname(os.path.dirname(sys.executable))
+    env = dict(os.environ, PYTHON=sys.executable, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    env.setdefault("FAIRSEQ_ADMIN_VENV", venv)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
 def prepare_data(args):
     data = os.path.join(args.work, "data")
     with open(os.path.join(args.work, "data.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second search waits for the first one's preparation
         subprocess.run(["bash", os.path.join(ROOT, "data-prep", "prepare-multi30k.sh"), "--out", data, "--raw-dir",
-                        args.raw_dir, "--vocab-size", "8000", "--workers", "1"], check=True)
+                        args.raw_dir, "--vocab-size", "8000", "--workers", "1"], check=True, env=_env())
     return data
 
 
@@ -112,8 +122,7 @@ def run_trial(args, name, data):
     log(f"{name}: {'resuming' if segments else 'starting'}: {' '.join(cmd)}")
     began = time.time()
     with open(os.path.join(out, "quickstart.out"), "a") as f:
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS=str(
-            args.threads))).returncode
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(args.threads)).returncode
     segments.append({"start": datetime.fromtimestamp(began, timezone.utc).isoformat(), "seconds": time.time() - began,
                      "rc": rc, "load_average_at_end": os.getloadavg()[0]})
     with open(state_path + ".tmp", "w") as f:
