@@ -301,6 +301,30 @@ def log_stability(model, record: ResidualRecord, grad_scale: float = 1.0, prefix
     return values
 
 
+def install_stability_log(task, every: int) -> None:
+    """Make ``task`` (this object only) log :func:`log_stability` every ``every`` updates, from the first.
+
+    The model's ``--log-stability N`` calls this at build with the task that trains it, so any fairseq task logs the
+    ``stab_*`` keys: a task's ``train_step`` is the one place that sees a step's gradients after its backward together
+    with its sample size and loss scale. β comes from that step's forward, the gradient norms from its backward, per
+    token as the trainer will apply them (before clipping)."""
+    inner = task.train_step
+    if getattr(inner, "stability_every", None) is not None:  # a second model built for the same task
+        return
+
+    def train_step(sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        if ignore_grad or update_num % every:
+            return inner(sample, model, criterion, optimizer, update_num, ignore_grad)
+        core = unwrap_model(model)
+        with record_residuals(core) as residuals:
+            loss, sample_size, logging_output = inner(sample, model, criterion, optimizer, update_num, ignore_grad)
+        log_stability(core, residuals, grad_scale=max(sample_size, 1) * loss_scale(optimizer))
+        return loss, sample_size, logging_output
+
+    train_step.stability_every = every
+    task.train_step = train_step
+
+
 def loss_scale(optimizer) -> float:
     """The fp16 loss scale the gradients are multiplied by (1 without one)."""
     scaler = getattr(optimizer, "scaler", None)

@@ -15,6 +15,7 @@ from helpers import build_model
     ("postln_transformer", ["--admin-ffn-init", "xavier"], "--admin-ffn-init is an option of another scheme"),
     ("admin_transformer", ["--layer-init", "fairseq", "--admin-ffn-init", "xavier"], "contradicts --layer-init"),
     ("admin_transformer", ["--admin-profile-save", "a.init", "--admin-profile-load", "b.init"], "not both"),
+    ("preln_transformer", ["--log-stability", "-1"], "--log-stability must be a whole number >= 0"),
 ])
 def test_refused_at_build(arch, extra, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:

@@ -508,8 +508,8 @@ def test_c11_refusal_of_fairseq_train_exits_cleanly(synthetic_data, tmp_path):
 
 # ---- c12: re-running a finished quick start ------------------------------------------------------------------------
 def _fake_quickstart(tmp_path):
-    """scripts/quickstart.sh in a copy of the repository whose setup, data preparation, fairseq-train and evaluation
-    are stubs that record their calls; python is the project's."""
+    """scripts/quickstart.sh in a copy of the repository whose setup, data preparation, fairseq-train, evaluation
+    and report are stubs that record their calls; python is otherwise the project's."""
     repo = tmp_path / "repo"
     for folder in ("scripts", "data-prep", "fairseq_admin"):
         (repo / folder).mkdir(parents=True)
@@ -523,25 +523,32 @@ def _fake_quickstart(tmp_path):
     venv = tmp_path / "venv" / "bin"
     venv.mkdir(parents=True)
     (venv / "fairseq-train").write_text(stub)
-    (venv / "python").write_text(f'#!/usr/bin/env bash\nexec {sys.executable} "$@"\n')
+    (venv / "python").write_text(  # the quick start's report and progress filter are stubs too (tests/test_quickstart.py)
+        f'#!/usr/bin/env bash\nif [ "$1 $2" = "-m fairseq_admin.cli.quickstart" ]; then\n'
+        f'  echo "quickstart $3" >> {calls}; if [ "$3" = progress ]; then cat; fi; exit 0\nfi\n'
+        f'exec {sys.executable} "$@"\n')
     for path in (venv / "fairseq-train", venv / "python"):
         path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return repo, venv.parent, calls
 
 
-@pytest.mark.parametrize("done_updates, trains", [(40, False), (39, True)])
-def test_c12_finished_quickstart_goes_straight_to_evaluation(tmp_path, done_updates, trains):
+@pytest.mark.parametrize("done_updates, done_seconds, budget, trains", [
+    (40, 0, [], False), (39, 0, [], True),  # --max-update 40 reached, or not
+    (12, 1800, ["--stop-minutes", "30"], False), (12, 1799, ["--stop-minutes", "30"], True),  # the time budget
+])
+def test_c12_finished_quickstart_goes_straight_to_evaluation(tmp_path, done_updates, done_seconds, budget, trains):
     repo, venv, calls = _fake_quickstart(tmp_path)
     save = tmp_path / "out" / "checkpoints" / "postln_2-2"
     save.mkdir(parents=True)
-    torch.save({"model": {}, "optimizer_history": [{"num_updates": done_updates}]}, save / "checkpoint_last.pt")
+    torch.save({"model": {}, "optimizer_history": [{"num_updates": done_updates}],
+                "extra_state": {"previous_training_time": done_seconds}}, save / "checkpoint_last.pt")
     before = (save / "checkpoint_last.pt").read_bytes()
     proc = _run(["bash", repo / "scripts" / "quickstart.sh", "--out", tmp_path / "out", "--layers", "2-2",
-                 "--scheme", "postln", "--max-update", "40"], {"FAIRSEQ_ADMIN_VENV": str(venv)})
+                 "--scheme", "postln", "--max-update", "40", *budget], {"FAIRSEQ_ADMIN_VENV": str(venv)})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     called = calls.read_text()
     assert ("fairseq-train" in called) == trains, called
-    assert "evaluate.sh" in called
+    assert "evaluate.sh" in called and "quickstart report" in called
     if not trains:
-        assert "training already finished" in proc.stdout and "40 updates" in proc.stdout
+        assert "training already finished" in proc.stdout and f"{done_updates} updates" in proc.stdout
         assert (save / "checkpoint_last.pt").read_bytes() == before

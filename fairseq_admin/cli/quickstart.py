@@ -106,10 +106,10 @@ def check_report_inputs(args):
 
     for path in [args.source, args.reference] + [p for _, log, res in args.run for p in (log, res) if p]:
         if not os.path.isfile(path):
-            raise OptionError(f"quickstart report: {path} does not exist")
+            raise OptionError(f"{path} does not exist")
     sources, references = _lines(args.source), _lines(args.reference)
     if len(sources) != len(references):
-        raise OptionError(f"quickstart report: {args.source} has {len(sources)} lines, {args.reference} "
+        raise OptionError(f"{args.source} has {len(sources)} lines, {args.reference} "
                           f"{len(references)}")
     results = {}
     for label, _, res in args.run:
@@ -119,10 +119,10 @@ def check_report_inputs(args):
             r = json.load(f)
         hyp = r.get("hypotheses_file")
         if not hyp or not os.path.isfile(hyp):
-            raise OptionError(f"quickstart report: {res} names no hypotheses file that exists ({hyp!r})")
+            raise OptionError(f"{res} names no hypotheses file that exists ({hyp!r})")
         hyps = _lines(hyp)
         if len(hyps) != len(sources):
-            raise OptionError(f"quickstart report: {hyp} has {len(hyps)} lines, {args.source} {len(sources)}")
+            raise OptionError(f"{hyp} has {len(hyps)} lines, {args.source} {len(sources)}")
         results[label] = (r, hyps)
     return sources, references, results
 
@@ -200,7 +200,7 @@ def cli_main(argv=None) -> int:
     args = make_parser().parse_args(argv)
     if args.command == "progress":
         if args.max_update < 1 or args.stop_minutes < 0:
-            raise OptionError("quickstart progress: --max-update must be >= 1 and --stop-minutes >= 0")
+            raise OptionError("--max-update must be >= 1 and --stop-minutes >= 0")
         return run_progress(args)
     return run_report(args)
 

@@ -13,6 +13,7 @@ from fairseq.models.transformer import TransformerDecoderBase, TransformerEncode
 from fairseq.models.transformer import transformer_legacy as fairseq_archs
 from fairseq.modules.checkpoint_activations import checkpoint_wrapper
 
+from fairseq_admin.diagnostics import install_stability_log
 from fairseq_admin.modules import SchemeDecoderLayer, SchemeEncoderLayer
 from fairseq_admin.modules.layer_init import LAYER_INITS
 from fairseq_admin.modules.word_dropout import DecoderWordDropout, word_dropout
@@ -100,6 +101,10 @@ class ResidualTransformerModel(TransformerModel):
                                  "sqrt(d) scaling, no rescaling; the B2T 18L recipe's 0.1). Default 0")
         parser.add_argument("--decoder-word-dropout", type=float, metavar="P",
                             help="the same for target token embeddings; position 0 is always kept. Default 0")
+        parser.add_argument("--log-stability", type=int, metavar="N",
+                            help="every N updates (from the first), log per-layer weight-gradient norms, the "
+                                 "residual dependency beta and omega statistics (stab_* keys; "
+                                 "fairseq_admin/diagnostics.py), under any task. Default 0: off")
         for scheme in SCHEMES.values():
             scheme.add_args(parser)
 
@@ -114,7 +119,10 @@ class ResidualTransformerModel(TransformerModel):
         elif getattr(args, "encoder_normalize_before", False) or getattr(args, "decoder_normalize_before", False):
             raise OptionError(f"--residual-scheme {scheme.name} is a Post-LN scheme: remove --encoder-normalize-before/"
                              "--decoder-normalize-before, or use --residual-scheme preln")
-        return super().build_model(args, task)
+        model = super().build_model(args, task)
+        if getattr(args, "log_stability", None) and task is not None and hasattr(task, "train_step"):
+            install_stability_log(task, args.log_stability)
+        return model
 
     @classmethod
     def build_encoder(cls, cfg, src_dict, embed_tokens):
@@ -154,6 +162,9 @@ def _check_common_args(args, scheme) -> None:
         p = getattr(args, f"{stack}_word_dropout", None)
         if p is not None and not 0 <= p < 1:
             raise OptionError(f"--{stack}-word-dropout must be in [0, 1), got {p}")
+    every = getattr(args, "log_stability", None)
+    if every is not None and (not isinstance(every, int) or every < 0):
+        raise OptionError(f"--log-stability must be a whole number >= 0 (0: off), got {every!r}")
     for other in SCHEMES.values():
         if other is scheme:
             continue
