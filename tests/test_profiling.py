@@ -89,6 +89,21 @@ def test_unprofiled_admin_model_profiles_itself_at_its_first_training_forward():
     assert got[0] == pytest.approx(expected[0], rel=1e-6) and got[1] == pytest.approx(expected[1], rel=1e-6)
 
 
+def test_a_ready_model_stops_reading_its_flag_until_a_state_dict_is_loaded():
+    """Reading omega_ready waits for the GPU: after it was seen True, training forwards no longer read it; loading a
+    state dict (a checkpoint not yet profiled) makes the loaded flag count again."""
+    model = _admin()
+    unprofiled = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = random_batch(model.encoder.dictionary)
+    model.train()
+    model(**batch)
+    assert not model.needs_profiling()
+    model.omega_ready.fill_(False)  # not read any more
+    assert not model.needs_profiling()
+    model.load_state_dict(unprofiled)
+    assert model.needs_profiling()
+
+
 def test_profiling_leaves_the_random_state_as_it_found_it():
     """The first update then draws the dropout masks profiling drew, as in the official restart with the same seed."""
     model = _admin("--dropout", "0.1")  # dropout draws random numbers during profiling

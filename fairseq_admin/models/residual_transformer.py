@@ -84,6 +84,7 @@ class ResidualTransformerModel(TransformerModel):
             self.register_buffer("omega_ready", torch.tensor(False))
             check_profile_options(self)
         self.profiling = False  # set by fairseq_admin.profiling during its forward pass
+        self._omega_seen_ready = False
 
     @classmethod
     def add_args(cls, parser):
@@ -140,7 +141,15 @@ class ResidualTransformerModel(TransformerModel):
         return super().forward(src_tokens, src_lengths, prev_output_tokens, **kwargs)
 
     def needs_profiling(self) -> bool:
-        return hasattr(self, "omega_ready") and not bool(self.omega_ready)
+        if not hasattr(self, "omega_ready") or self._omega_seen_ready:
+            return False
+        # reading the buffer waits for the device; once it is True it stays so (until a state dict is loaded)
+        self._omega_seen_ready = bool(self.omega_ready)
+        return not self._omega_seen_ready
+
+    def load_state_dict(self, *args, **kwargs):
+        self._omega_seen_ready = False  # the loaded omega_ready decides again
+        return super().load_state_dict(*args, **kwargs)
 
     def scheme_layers(self, stack: str):
         """The ``ResidualScheme`` modules of the encoder's or decoder's layers, bottom to top."""
