@@ -31,11 +31,8 @@ USAGE
 }
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x "$root/.venv/bin/python" ]; then PYTHON="$root/.venv/bin/python"; else PYTHON=$(command -v python3); fi
-fi
+source "$root/benchmarks/python.sh"  # PYTHON, and its bin/ first on PATH
 for a in "$@"; do
   case "$a" in -h|--help) usage; exit 0 ;; esac
 done
-export PATH="$(dirname "$PYTHON"):$PATH"
 exec "$PYTHON" "$root/benchmarks/cost.py" "$@"

@@ -35,13 +35,10 @@ USAGE
 }
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x "$root/.venv/bin/python" ]; then PYTHON="$root/.venv/bin/python"; else PYTHON=$(command -v python3); fi
-fi
+source "$root/benchmarks/python.sh"  # PYTHON, and its bin/ first on PATH
 for a in "$@"; do
   case "$a" in -h|--help) usage; exit 0 ;; esac
 done
-export PATH="$(dirname "$PYTHON"):$PATH"
 echo "[gpu_check.sh] $PYTHON benchmarks/gpu_check.py $*  (training/generation throughput, memory, Admin profiling," \
      "fp16/bf16 stability, Multi30k race; results in the --out directory)"
 exec "$PYTHON" "$root/benchmarks/gpu_check.py" "$@"

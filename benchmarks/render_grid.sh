@@ -16,9 +16,7 @@ USAGE
 }
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x "$root/.venv/bin/python" ]; then PYTHON="$root/.venv/bin/python"; else PYTHON=$(command -v python3); fi
-fi
+source "$root/benchmarks/python.sh"  # PYTHON, and its bin/ first on PATH
 args=()
 while [ $# -gt 0 ]; do
   case "$1" in

@@ -35,10 +35,7 @@ USAGE
 }
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x "$root/.venv/bin/python" ]; then PYTHON="$root/.venv/bin/python"; else PYTHON=$(command -v python3); fi
-fi
-export PATH="$(dirname "$PYTHON"):$PATH"
+source "$root/benchmarks/python.sh"  # PYTHON, and its bin/ first on PATH
 args=()
 background=
 while [ $# -gt 0 ]; do

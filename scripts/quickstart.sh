@@ -29,8 +29,9 @@ a finished one (checkpoint_last.pt at --max-update updates, or past --stop-minut
   --out DIR          where data, checkpoints and results go (default: quickstart/)
   --layers N-M       encoder-decoder depth (default 18-6: a deep encoder, a shallow decoder)
   --scheme S         residual scheme: admin (default), b2t, deepnorm, preln, postln
-  --max-update N     training updates (default 1000)
-  --stop-minutes M   also stop after M minutes of training (fairseq's --stop-time-hours; default: no limit)
+  --stop-minutes M   train for M minutes (fairseq's --stop-time-hours, counted across resumes; default 30; 0: no
+                     time limit)
+  --max-update N     stop after N updates, or at M minutes if that comes first (default 0: no update limit)
   --lr LR            peak learning rate (default 1e-3; inverse square root schedule)
   --warmup N         warm-up updates (default 200)
   --max-tokens N     tokens per batch (default 3500)
@@ -48,8 +49,8 @@ raw_args=()
 data=
 layers=18-6
 scheme=admin
-max_update=1000
-stop_minutes=0
+max_update=0
+stop_minutes=30
 lr=1e-3
 warmup=200
 max_tokens=3500
@@ -87,7 +88,7 @@ for name in max_update warmup max_tokens threads; do
   value=${!name}
   [[ $value =~ ^[0-9]+$ ]] || bad "--${name//_/-} must be a whole number, got '$value'"
 done
-[ "$max_update" -ge 1 ] || bad "--max-update must be a positive integer"
+[ "$max_update" -ge 1 ] || [ "$stop_minutes" != 0 ] || bad "--max-update 0 and --stop-minutes 0: give at least one limit"
 [ "$max_tokens" -ge 1 ] && [ "$threads" -ge 1 ] || bad "--max-tokens and --threads must be at least 1"
 [[ $stop_minutes =~ ^[0-9]+([.][0-9]+)?$ ]] || bad "--stop-minutes must be a number of minutes, got '$stop_minutes'"
 [[ $lr =~ ^[0-9.]+(e-?[0-9]+)?$ ]] || bad "--lr must be a positive number, got '$lr'"
@@ -142,7 +143,8 @@ print(int(state["optimizer_history"][-1]["num_updates"]),
 PY
 )
   fi
-  if [ "$done_updates" -ge "$max_update" ] || { [ "$stop_seconds" -gt 0 ] && [ "$done_seconds" -ge "$stop_seconds" ]; }; then
+  if { [ "$max_update" -gt 0 ] && [ "$done_updates" -ge "$max_update" ]; } ||
+     { [ "$stop_seconds" -gt 0 ] && [ "$done_seconds" -ge "$stop_seconds" ]; }; then
     echo "training already finished: $save/checkpoint_last.pt is at $done_updates updates after $done_seconds s" \
       "(--max-update $max_update, --stop-minutes $stop_minutes); not training further"
     return

@@ -34,6 +34,9 @@ def test_progress_time_left_respects_the_time_budget():
     p = qs.Progress(max_update=100000, stop_minutes=30)
     p.line(INNER.format(nll=9, u=100, w=600))
     assert p.line(INNER.format(nll=9, u=200, w=1200)).endswith("about 10 min left")  # 1800 - 1200 s
+    only_time = qs.Progress(max_update=0, stop_minutes=30)
+    assert only_time.line(INNER.format(nll=9, u=100, w=600)) == \
+        "[quickstart] update 100 | 0.17 updates/s | 10 min elapsed | about 20 min left"
 
 
 def test_progress_filter_passes_every_line_through():
@@ -96,6 +99,7 @@ def test_report_refuses_translations_that_do_not_line_up(tmp_path, hyp_lines, sr
     (["--lr", "fast"], "--lr must be a positive number"),
     (["--max-tokens", "0"], "--max-tokens and --threads must be at least 1"),
     (["--stop-minutes", "half"], "--stop-minutes must be a number of minutes"),
+    (["--stop-minutes", "0"], "--max-update 0 and --stop-minutes 0: give at least one limit"),
     (["--scheme", "postln", "--compare-postln"], "--compare-postln compares another scheme with Post-LN"),
     (["--data", "/"], "has no data-bin/dict.en.txt"),
 ])
@@ -122,11 +126,12 @@ def test_a_short_quickstart_prints_examples_and_writes_the_curves(tmp_path):
     env = dict(os.environ, FAIRSEQ_ADMIN_VENV=os.path.dirname(os.path.dirname(sys.executable)))
     proc = subprocess.run(["bash", ROOT / "scripts" / "quickstart.sh", "--raw-dir", SHARED_DATA / "multi30k",
                            "--out", tmp_path / "qs", "--max-update", "5", "--layers", "18-2", "--threads", "1",
-                           "--compare-postln", "--generate-args", "--max-len-a 0 --max-len-b 4"],
+                           "--compare-postln", "--generate-args", "--max-len-a 0 --max-len-b 4",
+                           "--", "--log-interval", "1"],  # fairseq's train_inner lines at every update
                           capture_output=True, text=True, timeout=1500, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
-    assert "[quickstart] update 5/5" in out or "[quickstart] update" not in out  # fairseq logs every 25 updates
+    assert "[quickstart] update 5/5 (100%) | " in out and " updates/s | " in out and " left" in out
     assert out.count("source:     ") == 5 and out.count("reference:  ") == 5
     assert out.count("admin 18-2: ") == 5 and out.count("postln 18-2:") == 5
     assert "admin: sacreBLEU" not in out and "admin 18-2: sacreBLEU" in out and "postln 18-2: sacreBLEU" in out

@@ -18,7 +18,6 @@ import math
 import os
 import re
 import sys
-import time
 
 from fairseq_admin.errors import OptionError
 
@@ -35,11 +34,10 @@ def _minutes(seconds: float) -> str:
 class Progress:
     """Turns fairseq-train's ``train_inner`` lines into progress lines with updates/s and the time left."""
 
-    def __init__(self, max_update: int, stop_minutes: float = 0.0, clock=time.monotonic):
-        self.max_update = max_update
+    def __init__(self, max_update: int, stop_minutes: float = 0.0):
+        self.max_update = max_update  # 0: no update limit
         self.stop_seconds = 60.0 * stop_minutes
         self.first = None  # (update, wall) of this process's first train_inner line
-        self.clock = clock
 
     def line(self, text: str):
         m = TRAIN_INNER.search(text)
@@ -52,12 +50,14 @@ class Progress:
         base = (0, 0.0) if update == self.first[0] else self.first
         done, took = update - base[0], wall - base[1]
         rate = done / took if took > 0 else math.inf
-        left = (self.max_update - update) / rate if rate > 0 else math.inf
+        left = math.inf
+        if self.max_update:
+            left = (self.max_update - update) / rate if rate > 0 else math.inf
         if self.stop_seconds:
             left = min(left, max(0.0, self.stop_seconds - wall))
-        pct = 100.0 * update / self.max_update
-        return (f"[quickstart] update {update}/{self.max_update} ({pct:.0f}%) | {rate:.2f} updates/s | "
-                f"{_minutes(wall)} elapsed | about {_minutes(left)} left")
+        where = f"update {update}/{self.max_update} ({100.0 * update / self.max_update:.0f}%)" if self.max_update \
+            else f"update {update}"
+        return f"[quickstart] {where} | {rate:.2f} updates/s | {_minutes(wall)} elapsed | about {_minutes(left)} left"
 
 
 def run_progress(args) -> int:
@@ -184,7 +184,7 @@ def make_parser():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("progress", help="filter fairseq-train's output, adding progress lines")
-    g.add_argument("--max-update", type=int, required=True)
+    g.add_argument("--max-update", type=int, default=0, help="the run's update limit (0: none)")
     g.add_argument("--stop-minutes", type=float, default=0.0)
     r = sub.add_parser("report", help="examples, BLEU with signature, PNG of the curves")
     r.add_argument("--run", type=parse_run, action="append", required=True,
@@ -199,8 +199,8 @@ def make_parser():
 def cli_main(argv=None) -> int:
     args = make_parser().parse_args(argv)
     if args.command == "progress":
-        if args.max_update < 1 or args.stop_minutes < 0:
-            raise OptionError("--max-update must be >= 1 and --stop-minutes >= 0")
+        if args.max_update < 0 or args.stop_minutes < 0 or not (args.max_update or args.stop_minutes):
+            raise OptionError("--max-update and --stop-minutes must be >= 0, and one of them > 0")
         return run_progress(args)
     return run_report(args)
 
