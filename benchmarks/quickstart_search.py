@@ -138,12 +138,24 @@ def run_trial(args, name, data):
               "updates": updates, "training_seconds": round(trained, 1),
               "wall_seconds": round(sum(s["seconds"] for s in segments), 1), "segments": segments,
               "valid_curve": curve, "final_valid_nll": curve[-1]["nll_loss"] if curve else None,
-              "cpu": _cpu(), "finished": datetime.now(timezone.utc).isoformat()}
+              "cpu": _cpu(), "commit": _commit(), "finished": datetime.now(timezone.utc).isoformat()}
     os.makedirs(args.results, exist_ok=True)
     with open(result_path + ".tmp", "w") as f:
         json.dump(result, f, indent=1)
     os.replace(result_path + ".tmp", result_path)
     log(f"{name}: {updates} updates in {trained:.0f} s of training, validation nll {result['final_valid_nll']}")
+
+
+def _commit():
+    """The commit of the quick start the trial ran (with ``+dirty`` when scripts/ or fairseq_admin/ differ from it)."""
+    try:
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "scripts", "fairseq_admin"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def _cpu():
