@@ -37,9 +37,13 @@ TRIALS = {
     "admin-18-6-lr2e-3-b2000": dict(scheme="admin", layers="18-6", lr="2e-3", warmup=200, max_tokens=2000),
     "admin-18-3-lr2e-3": dict(scheme="admin", layers="18-3", lr="2e-3", warmup=200, max_tokens=3500),
     "admin-18-3-lr2e-3-b2000": dict(scheme="admin", layers="18-3", lr="2e-3", warmup=200, max_tokens=2000),
+    "admin-logn-18-6-lr1e-3": dict(scheme="admin", layers="18-6", lr="1e-3", warmup=200, max_tokens=3500,
+                                   extra=["--admin-init", "O(logn)"]),
     "admin-logn-18-6-lr2e-3": dict(scheme="admin", layers="18-6", lr="2e-3", warmup=200, max_tokens=3500,
                                    extra=["--admin-init", "O(logn)"]),
+    "deepnorm-18-6-lr1e-3": dict(scheme="deepnorm", layers="18-6", lr="1e-3", warmup=200, max_tokens=3500),
     "deepnorm-18-6-lr2e-3": dict(scheme="deepnorm", layers="18-6", lr="2e-3", warmup=200, max_tokens=3500),
+    "b2t-18-6-lr1e-3": dict(scheme="b2t", layers="18-6", lr="1e-3", warmup=200, max_tokens=3500),
     "b2t-18-6-lr2e-3": dict(scheme="b2t", layers="18-6", lr="2e-3", warmup=200, max_tokens=3500),
 }
 
