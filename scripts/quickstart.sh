@@ -9,12 +9,14 @@ usage: bash scripts/quickstart.sh [--raw-dir DIR | --data DIR] [--out DIR] [--la
                                   [--threads N] [--compare-postln] [--no-eval] [--generate-args 'ARGS']
                                   [-- FAIRSEQ_TRAIN_ARGS...]
 
-Runs the whole pipeline on Multi30k En-De (29k training pairs), on the CPU, in about half an hour on 2 cores:
+Runs the whole pipeline on Multi30k En-De (29k training pairs), on the CPU: 30 minutes of training, plus a few
+minutes of set-up, data preparation and evaluation:
   1. sets up .venv (scripts/setup_env.sh)
   2. prepares the data (data-prep/prepare-multi30k.sh: download or --raw-dir, sentencepiece 8k, fairseq-preprocess)
-  3. trains an 18-6 layer Admin Transformer (18-layer encoder, 6-layer decoder; d=128, ffn 512, 4 heads) with
-     fairseq-train --task translation, printing a progress line (updates/s, time left) every 25 updates; Admin's
-     omega is profiled by the model on the first batch and written to OUT/checkpoints/<scheme>_<layers>/profile.ratio.init
+  3. trains an 18-6 layer Admin Transformer (18-layer encoder, 6-layer decoder; d=128, ffn 512, 4 heads; lr 1e-3,
+     3500 tokens per batch) for 30 minutes with fairseq-train --task translation, printing a progress line (updates/s, time left) every 25
+     updates; Admin's omega is profiled by the model on the first batch and written to
+     OUT/checkpoints/<scheme>_<layers>/profile.ratio.init
   4. evaluates (scripts/evaluate.sh): averages the last 3 checkpoints (every 100 updates), beam 4, sacreBLEU and
      tokenized BLEU on test_2016_flickr
   5. with --compare-postln: the same depth as plain Post-LN under the same recipe, trained and evaluated the same way

@@ -133,7 +133,7 @@ def test_a_short_quickstart_prints_examples_and_writes_the_curves(tmp_path):
     out = proc.stdout
     assert "[quickstart] update 5/5 (100%) | " in out and " updates/s | " in out and " left" in out
     assert out.count("source:     ") == 5 and out.count("reference:  ") == 5
-    assert out.count("admin 18-2: ") == 5 and out.count("postln 18-2:") == 5
+    assert out.count("\n      admin 18-2: ") == 5 and out.count("\n      postln 18-2: ") == 5  # each translation
     assert "admin: sacreBLEU" not in out and "admin 18-2: sacreBLEU" in out and "postln 18-2: sacreBLEU" in out
     assert "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:" in out
     png = tmp_path / "qs" / "curves-18-2.png"

@@ -18,6 +18,7 @@ import math
 import os
 import re
 import sys
+import textwrap
 
 from fairseq_admin.errors import OptionError
 
@@ -153,7 +154,8 @@ def plot_curves(runs, png: str, title: str) -> None:
             ax.plot(*zip(*train), color=color, lw=1, alpha=0.6, label=f"{label}: train")
         if valid:
             ax.plot(*zip(*valid), color=color, marker="o", ms=3, lw=1.8, label=f"{label}: validation")
-    ax.set(xlabel="update", ylabel="nll loss (bits per target token)", title=title)
+    ax.set(xlabel="update", ylabel="nll loss (bits per target token)")
+    ax.set_title(textwrap.fill(title, 90), fontsize=9)  # wrapped: the setting is one long line
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
