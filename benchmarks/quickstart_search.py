@@ -28,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from fairseq_admin.cli.quickstart import VALID  # noqa: E402  (the same log parsing as the quick start's report)
+from fairseq_admin.cli.quickstart import read_curves  # noqa: E402  (the quick start's own log parsing)
 
 MINUTES = 30.0
 # name -> quickstart.sh options; every trial: d=128, ffn 512, 4 heads, Adam (0.9, 0.98), inverse_sqrt, dropout 0.1
@@ -68,14 +68,9 @@ def trial_command(name, data, out, threads, minutes=MINUTES):
 
 def valid_curve(train_log):
     """[{update, nll_loss}] of every validation in the log (a resumed run's repeats keep the last)."""
-    points = {}
-    if os.path.exists(train_log):
-        with open(train_log, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                m = VALID.search(line)
-                if m:
-                    points[int(m.group(2))] = float(m.group(1))
-    return [{"update": u, "nll_loss": v} for u, v in sorted(points.items())]
+    if not os.path.exists(train_log):
+        return []
+    return [{"update": u, "nll_loss": v} for u, v in read_curves(train_log)[1]]
 
 
 def training_state(ckpt):
