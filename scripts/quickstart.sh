@@ -116,7 +116,9 @@ if [ -z "$data" ]; then
   bash "$root/data-prep/prepare-multi30k.sh" --out "$data" "${raw_args[@]}" --vocab-size 8000
 fi
 
-stop_seconds=$(python -c "import sys; print(int(float(sys.argv[1]) * 60))" "$stop_minutes")
+# --stop-minutes may be fractional (checked above): seconds for the "already finished" check, hours for fairseq
+read -r stop_seconds stop_hours < <(python -c "import sys; m = float(sys.argv[1]); print(int(m * 60), repr(m / 60))" \
+  "$stop_minutes")
 # train SCHEME: fairseq-train into OUT/checkpoints/SCHEME_LAYERS, its log in OUT/train-SCHEME_LAYERS.log
 train() {
   local run=$1_$layers save=$out/checkpoints/$1_$layers log=$out/train-$1_$layers.log
@@ -130,7 +132,7 @@ train() {
     --max-tokens "$max_tokens" --max-update "$max_update" --seed 1 --cpu --num-workers 0
     --save-dir "$save" --save-interval-updates 100 --keep-interval-updates 3 --no-epoch-checkpoints
     --log-format simple --log-interval 25)
-  if [ "$stop_seconds" -gt 0 ]; then cmd+=(--stop-time-hours "$(python -c "print($stop_minutes / 60)")"); fi
+  if [ "$stop_seconds" -gt 0 ]; then cmd+=(--stop-time-hours "$stop_hours"); fi
   if [ "$1" = admin ]; then cmd+=(--admin-profile-save "$save/profile.ratio.init"); fi
   if [ "$1" = "$scheme" ]; then cmd+=("${extra[@]}"); fi  # -- ARGS belong to the main run (a scheme's own options)
   # fairseq-train, re-run on a finished save dir, trains one more update and overwrites checkpoint_best/last: look first

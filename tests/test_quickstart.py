@@ -118,6 +118,29 @@ def test_search_trials_are_the_quickstart_with_a_time_budget():
     assert all(int(t["layers"].split("-")[0]) >= 18 for t in quickstart_search.TRIALS.values())
 
 
+def _trial_result(name, nll, valid_bleu=None, distinct=None):
+    r = {"trial": name, "config": dict(quickstart_search.TRIALS[name]), "threads": 2, "minutes": 30.0,
+         "updates": 1000, "final_valid_nll": nll}
+    if valid_bleu is not None:
+        r["valid_eval"] = {label: {"sacrebleu": valid_bleu, "distinct_outputs": distinct, "sentences": 1014}
+                           for label in ("avg3", "best")}
+    return r
+
+
+def test_search_ranks_by_validation_bleu_not_by_loss(tmp_path):
+    """The first round's lowest validation loss belonged to a model emitting one sentence for every input: the table
+    must rank by translation of the validation set, and list unevaluated trials after the evaluated ones."""
+    for r in (_trial_result("admin-18-3-lr2e-3-b2000", 5.159, 2.4, 1),     # lowest loss, ignores its source
+              _trial_result("admin-18-6-lr1e-3", 5.231, 9.1, 850),
+              _trial_result("deepnorm-18-6-lr2e-3", 4.9)):                 # not evaluated yet
+        (tmp_path / f"{r['trial']}.json").write_text(json.dumps(r))
+    ranked = [r["trial"] for r in quickstart_search.write_table(str(tmp_path))]
+    assert ranked == ["admin-18-6-lr1e-3", "admin-18-3-lr2e-3-b2000", "deepnorm-18-6-lr2e-3"]
+    table = (tmp_path / "TABLE.md").read_text()
+    assert "| admin-18-3-lr2e-3-b2000 |" in table and "2.40 (1 of 1014)" in table
+    assert table.index("admin-18-6-lr1e-3 |") < table.index("admin-18-3-lr2e-3-b2000 |")
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "multi30k").is_dir(), reason="../shared/data/multi30k is absent")
 def test_a_short_quickstart_prints_examples_and_writes_the_curves(tmp_path):
     """The real quick start, 5 updates of each model: the report's examples, BLEU with signature and one PNG with
