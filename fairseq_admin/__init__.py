@@ -5,7 +5,7 @@ and its ``<scheme>_transformer*`` architectures, the ``admin_translation`` task,
 torch's safe loader (``weights_only=True``) read fairseq checkpoints, and an exit hook that stops fairseq's batch-loader
 thread before the interpreter shuts down.
 """
-__version__ = "0.4.0"  # one minor version per change of default: CHANGELOG.md
+__version__ = "0.5.0"  # one minor version per change of default: CHANGELOG.md
 
 from . import _dependencies  # noqa: F401  (a clear error when torch or fairseq is missing)
 from . import checkpoint_safety, clean_exit, models, optim, tasks  # noqa: F401  (registration side effects)
