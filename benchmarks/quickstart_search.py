@@ -3,12 +3,11 @@
 Every trial is ``scripts/quickstart.sh --no-eval --stop-minutes 30`` with one configuration from TRIALS (at least 18
 encoder layers), on the quick start's own data (Multi30k En-De, sentencepiece 8k, prepared once into WORK/data), at
 ``--threads`` torch threads. fairseq stops it after 30 minutes of training (``--stop-time-hours``, counted across
-resumes) and validates there. ``--evaluate`` then translates the validation set (valid.raw.de, 1014 sentences) with
-the quick start's own evaluation (scripts/evaluate.sh: the last 3 interval checkpoints averaged, beam 4, lenpen 0.6)
-and with checkpoint_best.pt alone, each at three length penalties (EVALUATIONS), and the table ranks the trials by their
-highest validation sacreBLEU: the
-trial with the lowest validation loss of the first round emitted one sentence for every input (BENCHMARKS.md, quick
-start), so the loss alone does not pick. The test set is never read here.
+resumes) and validates there. ``--evaluate`` then translates the validation set (valid.raw.de, 1014 sentences) six
+ways (EVALUATIONS: scripts/evaluate.sh, beam 4, with the last 3 interval checkpoints averaged or checkpoint_best.pt,
+each at lenpen 0.6, 1.0, 1.5), and the table ranks the trials by their highest validation sacreBLEU: the trial with
+the lowest validation loss of the first round emitted one sentence for every input (BENCHMARKS.md, quick start), so
+the loss alone does not pick. The test set is never read here.
 
 Results: RESULTS/<trial>.json (configuration, the exact command, wall time of each segment, updates reached, the
 validation loss at every checkpoint) and RESULTS/TABLE.md. Re-running skips finished trials and resumes an
@@ -228,7 +227,7 @@ def _cpu():
 
 
 def write_table(results_dir):
-    """RESULTS/TABLE.md: the trials ranked by validation sacreBLEU (averaged model), unevaluated ones last."""
+    """RESULTS/TABLE.md: the trials ranked by validation sacreBLEU (each under its best evaluation), unevaluated last."""
     rows = []
     for name in sorted(os.listdir(results_dir)) if os.path.isdir(results_dir) else []:
         if name.endswith(".json"):
