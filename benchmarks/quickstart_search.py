@@ -187,7 +187,7 @@ def evaluate_trial(args, name, data):
                "--out", out_json]
         log(f"{name}: validation BLEU ({label}): {' '.join(cmd)}")
         began = time.time()
-        with open(os.path.join(workdir + ".out"), "a") as f:
+        with open(workdir + ".out", "a") as f:
             rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(args.threads)).returncode
         if rc != 0:
             raise SystemExit(f"{name}: evaluate.sh exited {rc}; see {workdir}.out")

@@ -14,9 +14,9 @@ minutes of set-up, data preparation and evaluation:
   1. sets up .venv (scripts/setup_env.sh)
   2. prepares the data (data-prep/prepare-multi30k.sh: download or --raw-dir, sentencepiece 8k, fairseq-preprocess)
   3. trains an 18-3 layer Admin Transformer (18-layer encoder, 3-layer decoder; d=128, ffn 512, 4 heads; lr 1e-3,
-     3500 tokens per batch) for 30 minutes with fairseq-train --task translation, printing a progress line (updates/s, time left) every 25
-     updates; Admin's omega is profiled by the model on the first batch and written to
-     OUT/checkpoints/<scheme>_<layers>/profile.ratio.init
+     3500 tokens per batch) for 30 minutes with fairseq-train --task translation, printing a progress line
+     (updates/s, time left) every 25 updates; Admin's omega is profiled by the model on the first batch and written
+     to OUT/checkpoints/<scheme>_<layers>/profile.ratio.init
   4. evaluates (scripts/evaluate.sh): checkpoint_best.pt, beam 4, lenpen 1.5 (chosen on the validation set),
      sacreBLEU and tokenized BLEU on test_2016_flickr
   5. with --compare-postln: the same depth as plain Post-LN under the same recipe, trained and evaluated the same way
