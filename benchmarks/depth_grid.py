@@ -34,6 +34,13 @@ from common import prepare_data as _prepare_data
 DEFAULT_RESULTS = os.path.join(ROOT, "benchmarks", "results", "grid")
 # Most informative first: the paper's claims are about deep Post-LN vs its fixes.
 PRIORITY = ("postln", "admin", "preln", "b2t", "deepnorm")
+# Named variants of a scheme, run as their own grid rows: the name stands in the cell's scheme place
+# (standard_admin-ologn_18-18_seed1). Each is (scheme, extra fairseq-train options, plot colour).
+VARIANTS = {
+    # Admin's closed form instead of profiling: every sublayer of a stack starts at omega = sqrt((n+1)/ln(n+1) - 1),
+    # n its residual sublayers (fairseq_admin/schemes/admin.py, CLOSED_FORMS; admin-torch's default)
+    "admin-ologn": ("admin", ["--admin-init", "O(logn)"], "tab:olive"),
+}
 
 # Identical for every scheme and regime (benchmarks/HISTORY.md, "Before the plugin").
 MODEL_ARGS = [
@@ -68,6 +75,16 @@ def cell_name(regime, scheme, layers, seed):
     return f"{regime}_{scheme}_{layers}_seed{seed}"
 
 
+def base_scheme(row_scheme):
+    """The registered scheme a grid row trains: the row's own name, or a variant's scheme (:data:`VARIANTS`)."""
+    return VARIANTS[row_scheme][0] if row_scheme in VARIANTS else row_scheme
+
+
+def row_color(row_scheme):
+    from fairseq_admin.diagnostics import scheme_color
+    return VARIANTS[row_scheme][2] if row_scheme in VARIANTS else scheme_color(row_scheme)
+
+
 # ---- data --------------------------------------------------------------------------------------------------------
 def prepare_data(work, raw_dir):
     return _prepare_data(work, raw_dir, log)
@@ -100,16 +117,17 @@ def unigram_baseline(data):
 # ---- one cell ----------------------------------------------------------------------------------------------------
 def train_command(args, data, save_dir, regime, scheme, layers, seed):
     enc, dec = layers.split("-")
+    extra = VARIANTS[scheme][1] if scheme in VARIANTS else []
     cmd = [sys.executable, "-m", "fairseq_cli.train", os.path.join(data, "data-bin"),
            "--user-dir", os.path.join(ROOT, "fairseq_admin"), "--task", "admin_translation",
-           "--arch", f"{scheme}_transformer", "--encoder-layers", enc, "--decoder-layers", dec,
+           "--arch", f"{base_scheme(scheme)}_transformer", "--encoder-layers", enc, "--decoder-layers", dec, *extra,
            *MODEL_ARGS, *REGIMES[regime]["args"],
            "--max-tokens", str(args.max_tokens), "--max-update", str(args.max_update), "--seed", str(seed),
            "--cpu", "--num-workers", "0", "--save-dir", save_dir,
            "--validate-interval-updates", str(args.validate_interval), "--save-interval-updates",
            str(args.validate_interval), "--keep-interval-updates", "1", "--no-epoch-checkpoints",
            "--log-format", "json", "--log-interval", str(args.log_interval)]
-    if scheme == "admin":
+    if scheme == "admin":  # the profiled omega, kept in the result (the closed form has nothing to save)
         cmd += ["--admin-profile-save", os.path.join(save_dir, "profile.ratio.init")]
     return cmd
 
@@ -460,7 +478,7 @@ def _q(s):
 def render(results_dir, out_md=None):
     files = sorted(glob.glob(os.path.join(results_dir, "*_seed*.json")))
     rows = [json.load(open(f)) for f in files]
-    order = {s: i for i, s in enumerate(PRIORITY)}
+    order = {s: i for i, s in enumerate(PRIORITY + tuple(VARIANTS))}
     rows.sort(key=lambda r: (-int(r["layers"].split("-")[0]), list(REGIMES).index(r["regime"]) if r["regime"] in
                              REGIMES else 9, order.get(r["scheme"], 99), r["seed"]))
     lines = ["| regime | layers | scheme | seed | updates | final valid loss (nll) | best valid loss | diverged | "
@@ -528,7 +546,6 @@ def plot(rows, results_dir):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fairseq_admin.diagnostics import scheme_color
     styles = ("-", "--", ":", "-.")
     groups = {}
     for r in rows:
@@ -540,7 +557,7 @@ def plot(rows, results_dir):
                                             gridspec_kw={"width_ratios": [3, 3, 2]})
         for r in rs:
             label = f"{r['scheme']} s{r['seed']}" + (" (diverged)" if r["diverged"] else "")
-            style = dict(color=scheme_color(r["scheme"]), ls=styles[(r["seed"] - 1) % len(styles)])
+            style = dict(color=row_color(r["scheme"]), ls=styles[(r["seed"] - 1) % len(styles)])
             v = [p for p in r["valid_curve"] if math.isfinite(p["loss"])]
             ax1.plot([p["update"] for p in v], [p["loss"] for p in v], marker="o", ms=3, label=label, **style)
             t = [p for p in r["train_curve"] if math.isfinite(p["loss"])]
@@ -548,7 +565,7 @@ def plot(rows, results_dir):
         if rs[0].get("unigram_valid_bits"):
             ax1.axhline(rs[0]["unigram_valid_bits"], color="grey", ls="--", lw=0.8, label="unigram (nll)")
         scored = [r for r in rs if r.get("bleu") is not None]
-        ax3.barh(range(len(scored)), [r["bleu"] for r in scored], color=[scheme_color(r["scheme"]) for r in scored])
+        ax3.barh(range(len(scored)), [r["bleu"] for r in scored], color=[row_color(r["scheme"]) for r in scored])
         ax3.set_yticks(range(len(scored)), [f"{r['scheme']} s{r['seed']}" for r in scored], fontsize=8)
         ax3.invert_yaxis()
         for i, r in enumerate(scored):
@@ -580,7 +597,9 @@ def main(argv=None):
     p.add_argument("--seeds", default="1", help="comma list (default 1)")
     p.add_argument("--cells", default=None,
                    help="explicit comma list of cells in the order to run, e.g. aggressive_preln_18-18_seed1,"
-                        "standard_b2t_18-18_seed1 (overrides --schemes/--layers/--regimes/--seeds)")
+                        "standard_b2t_18-18_seed1 (overrides --schemes/--layers/--regimes/--seeds); the scheme "
+                        "place also takes a variant: " + ", ".join(f"{k} ({v[0]} {' '.join(v[1])})"
+                                                                   for k, v in VARIANTS.items()))
     p.add_argument("--max-update", type=int, default=300)
     p.add_argument("--max-tokens", type=int, default=3500)
     p.add_argument("--validate-interval", type=int, default=50, help="updates between validations and checkpoints")
@@ -630,9 +649,10 @@ def main(argv=None):
     if args.cells:
         cells = []
         for c in args.cells.split(","):
-            m = re.fullmatch(r"([a-z]+)_([a-z0-9]+)_(\d+-\d+)_seed(\d+)", c)
-            if not m or m.group(1) not in REGIMES or m.group(2) not in known:
-                p.error(f"--cells: bad cell {c!r} (REGIME_SCHEME_N-M_seedK)")
+            m = re.fullmatch(r"([a-z]+)_([a-z0-9-]+)_(\d+-\d+)_seed(\d+)", c)
+            if not m or m.group(1) not in REGIMES or m.group(2) not in known + list(VARIANTS):
+                p.error(f"--cells: bad cell {c!r} (REGIME_SCHEME_N-M_seedK; SCHEME one of "
+                        f"{', '.join(known + list(VARIANTS))})")
             cells.append((m.group(1), m.group(2), m.group(3), int(m.group(4))))
     os.makedirs(args.work, exist_ok=True)
 

@@ -21,7 +21,9 @@ Re-running skips finished cells and resumes an interrupted one from its checkpoi
 (lock file in WORK). Cells run deepest first, each scheme's regimes together.
 
   --schemes, --layers, --regimes, --seeds   comma-separated filters
-  --cells C1,C2,...   explicit cells in run order, e.g. aggressive_preln_18-18_seed1,standard_b2t_18-18_seed1
+  --cells C1,C2,...   explicit cells in run order, e.g. aggressive_preln_18-18_seed1,standard_b2t_18-18_seed1;
+                      the scheme place also takes a variant of benchmarks/depth_grid.py's VARIANTS:
+                      admin-ologn = admin with --admin-init O(logn) (standard_admin-ologn_18-18_seed1)
   --max-update N      update budget per cell (default 300)
   --stop-after HH:MM  UTC; start no new cell after this time (a running one finishes)
   --work DIR          data, checkpoints, logs (default benchmarks/work; keep it out of git)
