@@ -6,8 +6,8 @@ usage() {
   cat <<'USAGE'
 usage: bash benchmarks/run_grid.sh [--schemes a,b] [--layers 18-18,6-6] [--regimes standard,aggressive]
                                    [--seeds 1] [--cells LIST] [--max-update 300] [--stop-after HH:MM] [--work DIR]
-                                   [--results DIR] [--raw-dir DIR] [--threads N] [--background LOG] [--dry-run]
-                                   [-h|--help]
+                                   [--results DIR] [--raw-dir DIR] [--threads N] [--background LOG] [--keep-checkpoints]
+                                   [--dry-run] [-h|--help]
 
 Multi30k En-De (train / val / test_2016_flickr from ../shared/data/multi30k, sentencepiece 8k prepared into
 WORK/data), d=128 / ffn 512 / 4 heads, Adam (0.9, 0.98), ~3.5k target tokens per update, dropout 0.1,
@@ -30,6 +30,8 @@ Re-running skips finished cells and resumes an interrupted one from its checkpoi
   --threads N         torch threads per training (default 0: 2 on free cores, else 1, re-chosen at each
                       checkpoint); use 1 for two grids side by side on 2 cores
   --background LOG    detach (nohup) and write the output to LOG; prints the process id
+  --keep-checkpoints  keep each finished cell's checkpoints: a later run with a larger --max-update and another
+                      --results directory continues the cell from its checkpoint_last.pt
   --dry-run           print the cells, whether each would start / resume / be skipped, and the commands
 Render the results with: bash benchmarks/render_grid.sh
 Environment: PYTHON (default: the project's .venv/bin/python, else python3).
@@ -44,7 +46,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
     --background) background=$2; shift 2 ;;
-    --dry-run) args+=("$1"); shift ;;
+    --dry-run|--keep-checkpoints) args+=("$1"); shift ;;
     --schemes|--layers|--regimes|--seeds|--cells|--max-update|--stop-after|--work|--results|--raw-dir|--threads)
       [ $# -ge 2 ] || { echo "run_grid.sh: $1 needs a value" >&2; exit 2; }
       args+=("$1" "$2"); shift 2 ;;
