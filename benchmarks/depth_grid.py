@@ -75,14 +75,13 @@ def cell_name(regime, scheme, layers, seed):
     return f"{regime}_{scheme}_{layers}_seed{seed}"
 
 
-def base_scheme(row_scheme):
-    """The registered scheme a grid row trains: the row's own name, or a variant's scheme (:data:`VARIANTS`)."""
-    return VARIANTS[row_scheme][0] if row_scheme in VARIANTS else row_scheme
-
-
-def row_color(row_scheme):
+def variant(row_scheme):
+    """(registered scheme, extra fairseq-train options, plot colour) of a grid row: a :data:`VARIANTS` entry, or the
+    scheme itself with no options and its usual colour."""
+    if row_scheme in VARIANTS:
+        return VARIANTS[row_scheme]
     from fairseq_admin.diagnostics import scheme_color
-    return VARIANTS[row_scheme][2] if row_scheme in VARIANTS else scheme_color(row_scheme)
+    return row_scheme, [], scheme_color(row_scheme)
 
 
 # ---- data --------------------------------------------------------------------------------------------------------
@@ -117,10 +116,10 @@ def unigram_baseline(data):
 # ---- one cell ----------------------------------------------------------------------------------------------------
 def train_command(args, data, save_dir, regime, scheme, layers, seed):
     enc, dec = layers.split("-")
-    extra = VARIANTS[scheme][1] if scheme in VARIANTS else []
+    base, extra, _ = variant(scheme)
     cmd = [sys.executable, "-m", "fairseq_cli.train", os.path.join(data, "data-bin"),
            "--user-dir", os.path.join(ROOT, "fairseq_admin"), "--task", "admin_translation",
-           "--arch", f"{base_scheme(scheme)}_transformer", "--encoder-layers", enc, "--decoder-layers", dec, *extra,
+           "--arch", f"{base}_transformer", "--encoder-layers", enc, "--decoder-layers", dec, *extra,
            *MODEL_ARGS, *REGIMES[regime]["args"],
            "--max-tokens", str(args.max_tokens), "--max-update", str(args.max_update), "--seed", str(seed),
            "--cpu", "--num-workers", "0", "--save-dir", save_dir,
@@ -557,7 +556,7 @@ def plot(rows, results_dir):
                                             gridspec_kw={"width_ratios": [3, 3, 2]})
         for r in rs:
             label = f"{r['scheme']} s{r['seed']}" + (" (diverged)" if r["diverged"] else "")
-            style = dict(color=row_color(r["scheme"]), ls=styles[(r["seed"] - 1) % len(styles)])
+            style = dict(color=variant(r["scheme"])[2], ls=styles[(r["seed"] - 1) % len(styles)])
             v = [p for p in r["valid_curve"] if math.isfinite(p["loss"])]
             ax1.plot([p["update"] for p in v], [p["loss"] for p in v], marker="o", ms=3, label=label, **style)
             t = [p for p in r["train_curve"] if math.isfinite(p["loss"])]
@@ -565,7 +564,7 @@ def plot(rows, results_dir):
         if rs[0].get("unigram_valid_bits"):
             ax1.axhline(rs[0]["unigram_valid_bits"], color="grey", ls="--", lw=0.8, label="unigram (nll)")
         scored = [r for r in rs if r.get("bleu") is not None]
-        ax3.barh(range(len(scored)), [r["bleu"] for r in scored], color=[row_color(r["scheme"]) for r in scored])
+        ax3.barh(range(len(scored)), [r["bleu"] for r in scored], color=[variant(r["scheme"])[2] for r in scored])
         ax3.set_yticks(range(len(scored)), [f"{r['scheme']} s{r['seed']}" for r in scored], fontsize=8)
         ax3.invert_yaxis()
         for i, r in enumerate(scored):
