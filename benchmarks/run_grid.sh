@@ -22,8 +22,7 @@ Re-running skips finished cells and resumes an interrupted one from its checkpoi
 
   --schemes, --layers, --regimes, --seeds   comma-separated filters
   --cells C1,C2,...   explicit cells in run order, e.g. aggressive_preln_18-18_seed1,standard_b2t_18-18_seed1;
-                      the scheme place also takes a variant of benchmarks/depth_grid.py's VARIANTS:
-                      admin-ologn = admin with --admin-init O(logn) (standard_admin-ologn_18-18_seed1)
+                      the scheme place also takes a variant of benchmarks/depth_grid.py's VARIANTS (below)
   --max-update N      update budget per cell (default 300)
   --stop-after HH:MM  UTC; start no new cell after this time (a running one finishes)
   --work DIR          data, checkpoints, logs (default benchmarks/work; keep it out of git)
@@ -36,6 +35,15 @@ Re-running skips finished cells and resumes an interrupted one from its checkpoi
 Render the results with: bash benchmarks/render_grid.sh
 Environment: PYTHON (default: the project's .venv/bin/python, else python3).
 USAGE
+  # The variants as depth_grid.py defines them (read from its VARIANTS literal, so this list cannot go stale).
+  "$PYTHON" - "$root/benchmarks/depth_grid.py" <<'PY'
+import ast, sys
+tree = ast.parse(open(sys.argv[1]).read())
+node = next(n.value for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "VARIANTS")
+print("Variants (--cells REGIME_VARIANT_LAYERS_seedK, e.g. standard_admin-ologn_18-18_seed1):")
+for name, (scheme, options, _colour) in ast.literal_eval(node).items():
+    print(f"  {name:<18}= {scheme} with {' '.join(options)}")
+PY
 }
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

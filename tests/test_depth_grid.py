@@ -58,3 +58,12 @@ def test_unknown_variant_is_refused_before_any_work(tmp_path):
     assert res.returncode == 2
     assert "bad cell 'standard_admin-olog_18-18_seed1'" in res.stderr and "admin-ologn" in res.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_run_grid_help_lists_every_variant_as_depth_grid_defines_it():
+    """run_grid.sh --help reads VARIANTS from depth_grid.py, so a new variant shows up without editing the script."""
+    res = subprocess.run(["bash", str(ROOT / "benchmarks" / "run_grid.sh"), "--help"], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
+    assert res.returncode == 0, res.stderr
+    for name, (scheme, opts, _colour) in depth_grid.VARIANTS.items():
+        assert f"{name:<18}= {scheme} with {' '.join(opts)}" in res.stdout
