@@ -84,6 +84,12 @@ def variant(row_scheme):
     return row_scheme, [], scheme_color(row_scheme)
 
 
+def variants_help():
+    """The :data:`VARIANTS` as help text (the end of this script's --help and of run_grid.sh --help)."""
+    return "\n".join(["Variants (--cells REGIME_VARIANT_LAYERS_seedK, e.g. standard_admin-ologn_18-18_seed1):"] +
+                     [f"  {name:<18}= {scheme} with {' '.join(options)}" for name, (scheme, options, _) in VARIANTS.items()])
+
+
 # ---- data --------------------------------------------------------------------------------------------------------
 def prepare_data(work, raw_dir):
     return _prepare_data(work, raw_dir, log)
@@ -585,7 +591,8 @@ def plot(rows, results_dir):
 
 # ---- main ----------------------------------------------------------------------------------------------------------
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, epilog=variants_help(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=DEFAULT_WORK, help="data, checkpoints and logs (default benchmarks/work)")
     p.add_argument("--results", default=DEFAULT_RESULTS, help="result JSONs (default benchmarks/results/grid)")
     p.add_argument("--raw-dir", default=DEFAULT_RAW, help="raw Multi30k (default ../shared/data/multi30k)")
@@ -597,8 +604,7 @@ def main(argv=None):
     p.add_argument("--cells", default=None,
                    help="explicit comma list of cells in the order to run, e.g. aggressive_preln_18-18_seed1,"
                         "standard_b2t_18-18_seed1 (overrides --schemes/--layers/--regimes/--seeds); the scheme "
-                        "place also takes a variant: " + ", ".join(f"{k} ({v[0]} {' '.join(v[1])})"
-                                                                   for k, v in VARIANTS.items()))
+                        "place also takes a variant (listed below)")
     p.add_argument("--max-update", type=int, default=300)
     p.add_argument("--max-tokens", type=int, default=3500)
     p.add_argument("--validate-interval", type=int, default=50, help="updates between validations and checkpoints")

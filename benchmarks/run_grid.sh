@@ -35,15 +35,9 @@ Re-running skips finished cells and resumes an interrupted one from its checkpoi
 Render the results with: bash benchmarks/render_grid.sh
 Environment: PYTHON (default: the project's .venv/bin/python, else python3).
 USAGE
-  # The variants as depth_grid.py defines them (read from its VARIANTS literal, so this list cannot go stale).
-  "$PYTHON" - "$root/benchmarks/depth_grid.py" <<'PY'
-import ast, sys
-tree = ast.parse(open(sys.argv[1]).read())
-node = next(n.value for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "VARIANTS")
-print("Variants (--cells REGIME_VARIANT_LAYERS_seedK, e.g. standard_admin-ologn_18-18_seed1):")
-for name, (scheme, options, _colour) in ast.literal_eval(node).items():
-    print(f"  {name:<18}= {scheme} with {' '.join(options)}")
-PY
+  # The variants as depth_grid.py defines them (importing it is cheap: no fairseq, no torch)
+  "$PYTHON" -c 'import sys; sys.path.insert(0, sys.argv[1]); import depth_grid; print(depth_grid.variants_help())' \
+    "$root/benchmarks"
 }
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
