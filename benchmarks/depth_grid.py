@@ -28,7 +28,7 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from common import DEFAULT_RAW, DEFAULT_WORK, ROOT, code_version, hypothesis_stats, make_log, sacrebleu_of_pieces
+from common import DEFAULT_RAW, DEFAULT_WORK, ROOT, code_version, cpu_name, hypothesis_stats, make_log, sacrebleu_of_pieces
 from common import prepare_data as _prepare_data
 
 DEFAULT_RESULTS = os.path.join(ROOT, "benchmarks", "results", "grid")
@@ -345,7 +345,8 @@ def _train(args, name, cmd, train_log, state, state_path, resumed):
         # The segment is recorded as it runs (rewritten every minute), so that a runner killed from outside (a
         # session's end) still leaves its wall time in the state; "interrupted" stays true until fairseq returns.
         seg = {"start": datetime.fromtimestamp(t0, timezone.utc).isoformat(), "seconds": 0.0, "rc": None,
-               "resumed": resumed, "threads": threads, "switched": False, "interrupted": True}
+               "resumed": resumed, "threads": threads, "switched": False, "interrupted": True,
+               "cpu": cpu_name()}  # a resumed cell may run on another machine, whose kernels round differently
         state["segments"].append(seg)
 
         def record(loads):
@@ -453,7 +454,8 @@ def _finish(args, data, unigram, regime, scheme, layers, seed, name, cmd, rc, re
         "command": " ".join(map(_q, cmd)),
         "finished_utc": datetime.now(timezone.utc).isoformat(),
         "code": code_version(),
-        "host": {"nproc": os.cpu_count(), "torch_threads": sorted({x.get("threads") for x in segs}, key=str)},
+        "host": {"nproc": os.cpu_count(), "torch_threads": sorted({x.get("threads") for x in segs}, key=str),
+                 "cpus": sorted({x.get("cpu") for x in segs}, key=str)},
     }
     os.makedirs(args.results, exist_ok=True)
     tmp = result_path + ".tmp"
