@@ -94,14 +94,20 @@ def ct2_translate(args) -> None:
 
 
 def token_log_probs(checkpoint: str, data: str, subset: str, n: int, user_dir: bool):
-    """(source pieces, target pieces, per-token log-probabilities incl. </s>) of the first ``n`` sentences."""
+    """(source pieces, target pieces, per-token log-probabilities incl. </s>) of the first ``n`` sentences.
+    ``user_dir``: the checkpoint is the plugin's; False: the exported one, which must build as fairseq's own class."""
     import torch
     from fairseq import checkpoint_utils
 
-    if user_dir:
-        import fairseq_admin  # noqa: F401
+    # Both loads go through the plugin's loader, the exported model's too (user_dir=False: stock fairseq builds it):
+    # it validates the config before fairseq builds anything from it (fairseq evaluates some config strings as
+    # Python: fairseq_admin/config_validation.py), which stock fairseq's loader does not.
+    import fairseq_admin  # noqa: F401  (installs that loader)
+
     models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides={"data": data})
     model = models[0].eval()
+    if not user_dir and not type(model).__module__.startswith("fairseq."):
+        raise SystemExit(f"deploy_speed: error: {checkpoint} built {type(model).__module__}, not stock fairseq's model")
     task.load_dataset(subset)
     dataset = task.dataset(subset)
     src_dict, tgt_dict = task.source_dictionary, task.target_dictionary

@@ -40,6 +40,8 @@ VARIANTS = {
     # Admin's closed form instead of profiling: every sublayer of a stack starts at omega = sqrt((n+1)/ln(n+1) - 1),
     # n its residual sublayers (fairseq_admin/schemes/admin.py, CLOSED_FORMS; admin-torch's default)
     "admin-ologn": ("admin", ["--admin-init", "O(logn)"], "tab:olive"),
+    # Peri-LN without its input and embedding norms: x + LN(f(x)) (OLMo 2, Swin v2; fairseq_admin/schemes/peri_ln.py)
+    "peri_ln-output": ("peri_ln", ["--peri-ln-output-only"], "tab:pink"),
 }
 
 # Identical for every scheme and regime (benchmarks/HISTORY.md, "Before the plugin").
@@ -656,7 +658,7 @@ def main(argv=None):
     if args.cells:
         cells = []
         for c in args.cells.split(","):
-            m = re.fullmatch(r"([a-z]+)_([a-z0-9-]+)_(\d+-\d+)_seed(\d+)", c)
+            m = re.fullmatch(r"([a-z]+)_([a-z0-9_-]+)_(\d+-\d+)_seed(\d+)", c)  # schemes may hold "_" (resi_dual)
             if not m or m.group(1) not in REGIMES or m.group(2) not in known + list(VARIANTS):
                 p.error(f"--cells: bad cell {c!r} (REGIME_SCHEME_N-M_seedK; SCHEME one of "
                         f"{', '.join(known + list(VARIANTS))})")

@@ -17,10 +17,15 @@ cd "$(dirname "$0")/.."
 OUT=benchmarks/results/diagnostics
 SCHEMES=$(python -c "import fairseq_admin.schemes as s; print(','.join(s.SCHEMES))" 2>/dev/null | tail -1)
 mkdir -p "$OUT"
+# The table goes to a temporary file that becomes table.txt only when the run succeeds: a refused argument or a failed
+# run leaves the committed table as it was, and its error stays on stderr. fairseq-admin-diagnose checks every
+# argument before any work and writes diagnostics.json and the PNGs atomically at the end.
+table=$(mktemp "$OUT/.table.txt.XXXXXX")
+trap 'rm -f "$table"' EXIT
 echo "[diagnose_wmt_en_de] schemes $SCHEMES; layers 6,12,18; 512/2048/8 heads; synthetic batch 8x20; -> $OUT"
 fairseq-admin-diagnose --arch transformer_wmt_en_de --schemes "$SCHEMES" --layers 6,12,18 \
   --synthetic-batch --batch-size 8 --src-len 20 --tgt-len 20 --vocab-size 1000 --draws 3 --perturbation 0.01 \
-  --seed 1 --threads 2 --out-json "$OUT/diagnostics.json" --plot-dir "$OUT" "$@" 2> "$OUT/stderr.log" \
-  | tee "$OUT/table.txt"
-rm -f "$OUT/stderr.log"
+  --seed 1 --threads 2 --out-json "$OUT/diagnostics.json" --plot-dir "$OUT" "$@" | tee "$table"
+chmod a+r "$table"  # mktemp's 0600 -> readable as the committed file is
+mv "$table" "$OUT/table.txt"
 echo "[diagnose_wmt_en_de] done: $(ls "$OUT" | tr '\n' ' ')"

@@ -20,7 +20,9 @@ LIB_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$LIB_DIR/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 # Run prepare.py as a file: importing the fairseq_admin package would import fairseq (slow) for no reason.
-PREPARE=("$PYTHON" "$REPO_ROOT/fairseq_admin/cli/prepare.py")
+# a repository checkout has fairseq_admin/ beside data-prep/; an installed copy lies in fairseq_admin/shipped/data-prep/
+if [[ -d $REPO_ROOT/fairseq_admin ]]; then PREPARE=("$PYTHON" "$REPO_ROOT/fairseq_admin/cli/prepare.py")
+else PREPARE=("$PYTHON" "$REPO_ROOT/../cli/prepare.py"); fi
 FAIRSEQ_PREPROCESS="${FAIRSEQ_PREPROCESS:-fairseq-preprocess}"
 
 log() { echo "[$SCRIPT_NAME] $*"; }
@@ -51,6 +53,7 @@ parse_args() {
         esac
     done
     [[ -n $OUT ]] || { usage >&2; die "--out DIR is required"; }
+    [[ ! -e $OUT || -d $OUT ]] || die "--out $OUT exists and is not a directory"
     [[ $VOCAB_SIZE =~ ^[1-9][0-9]*$ ]] || die "--vocab-size must be a positive integer, got '$VOCAB_SIZE'"
     [[ $MAX_SENTENCES =~ ^[1-9][0-9]*$ ]] || die "--max-sentences must be a positive integer, got '$MAX_SENTENCES'"
     if [[ -z $WORKERS ]]; then WORKERS="$(nproc 2>/dev/null || echo 1)"; fi

@@ -26,6 +26,11 @@ ignored. fairseq's ``load_checkpoint_to_cpu`` and ``load_ema_from_checkpoint`` a
 file this way and then do exactly fairseq's post-processing. A checkpoint that cannot be used is reported in one line
 naming the file and what is wrong (:class:`CheckpointError`); fairseq's tools print that line, not a traceback.
 
+Every checkpoint read here then passes :func:`fairseq_admin.config_validation.check_checkpoint_config` before
+fairseq builds anything from it: fairseq evaluates some config strings as Python (``xformers_att_config``,
+``adaptive_softmax_cutoff``, ...), which no unpickler sees; a model outside the Transformer family or such a field
+that is no plain literal is refused in one line naming the field (:class:`UnsafeConfigError`).
+
 No omegaconf classes (``DictConfig``, ``ListConfig``, ``ContainerMetadata``, nodes), ``typing.Any``,
 ``collections.defaultdict`` or numpy scalars appear in such checkpoints (``collections.OrderedDict`` is allowed by
 torch already), so none is allow-listed. A checkpoint that needs any other global is refused with a
@@ -38,7 +43,6 @@ import collections
 import collections.abc
 import contextlib
 import os
-import tempfile
 import pickle
 import re
 import sys
@@ -48,11 +52,14 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from fairseq_admin import config_validation
+
 __all__ = [
     "CheckpointError",
     "MismatchedCheckpointError",
     "UnreadableCheckpointError",
     "UnsafeCheckpointError",
+    "UnsafeConfigError",
     "model_signature",
     "allowed_global_names",
     "install",
@@ -63,18 +70,40 @@ __all__ = [
 
 
 def safe_globals() -> List[Any]:
-    """The allow-list, in the form ``torch.serialization.add_safe_globals`` takes (objects or (object, name))."""
-    core = getattr(np, "_core", None) or np.core  # numpy >= 2 / 1.x
-    reconstruct = core.multiarray._reconstruct
-    return [
-        argparse.Namespace,
-        reconstruct,
-        (reconstruct, "numpy.core.multiarray._reconstruct"),  # same function, as pickled under numpy 1.x
-        np.ndarray,
-        np.dtype,
-        np.dtypes.Int64DType,
-        np.dtypes.Float64DType,
-    ]
+    """The allow-list, as ``torch.serialization.add_safe_globals`` takes it: objects only, keyed by torch under
+    ``f"{obj.__module__}.{obj.__name__}"`` (torch 2.4-2.6; ``__qualname__`` later). Not ``(object, name)`` pairs: torch
+    2.4 and 2.5 read every entry as an object (``_get_user_allowed_globals`` in torch/_weights_only_unpickler.py at
+    v2.4.0 and v2.5.0; pairs from v2.6.0 on), so a second name of a function is an object of its own (:func:`_alias`).
+
+    numpy's array pickles name ``_reconstruct`` after the numpy that wrote them: ``numpy.core.multiarray`` (1.x) or
+    ``numpy._core.multiarray`` (2.x); both names are allowed whatever numpy is installed. The dtype classes are this
+    numpy's own: ``numpy.dtypes.Int64DType`` from numpy 1.25 on, ``numpy.dtype[int64]`` in numpy 1.24 (a class that
+    only a checkpoint written under the same naming can name; scripts/check_floors.sh trains and resumes under both).
+    Neither ``np._core``/``np.core`` nor ``np.dtypes`` is read: numpy 1.26's ``np._core`` has no ``multiarray``
+    attribute until that is imported, and numpy 1.24 has no ``np.dtypes``."""
+    reconstruct = np.zeros(0).__reduce__()[0]  # the function this numpy's array pickles call
+    entries: List[Any] = [argparse.Namespace]
+    for name in ("numpy._core.multiarray._reconstruct", "numpy.core.multiarray._reconstruct"):
+        entries.append(reconstruct if name == f"{reconstruct.__module__}.{reconstruct.__name__}"
+                       else _alias(reconstruct, name))
+    return entries + [np.ndarray, np.dtype, type(np.dtype(np.int64)), type(np.dtype(np.float64))]
+
+
+_ALIASES: Dict[str, Any] = {}
+
+
+def _alias(function: Any, full_name: str) -> Any:
+    """``function`` under the importable name ``full_name``: a wrapper that only calls it, whose ``__module__``,
+    ``__name__`` and ``__qualname__`` spell ``full_name``; one object per name, so that registering it again adds
+    nothing."""
+    if full_name not in _ALIASES:
+        def alias(*args, **kwargs):
+            return function(*args, **kwargs)
+
+        alias.__module__, alias.__name__ = full_name.rsplit(".", 1)
+        alias.__qualname__ = alias.__name__
+        _ALIASES[full_name] = alias
+    return _ALIASES[full_name]
 
 
 def _name_of(entry: Any) -> str:
@@ -126,6 +155,14 @@ class UnreadableCheckpointError(CheckpointError):
 
 class MismatchedCheckpointError(CheckpointError):
     """A checkpoint of another residual scheme or other dimensions than the model it is loaded into or averaged with."""
+
+
+class UnsafeConfigError(CheckpointError):
+    """A checkpoint whose configuration fairseq would run as Python (:mod:`fairseq_admin.config_validation`)."""
+
+    def __init__(self, path: str, reason: str):
+        self.path = str(path)
+        super().__init__(f"refused to load checkpoint {self.path}: {reason}")
 
 
 _GLOBAL_PATTERNS = (
@@ -246,6 +283,10 @@ def _read_state(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
     if not isinstance(state, dict):
         raise UnreadableCheckpointError(path, f"not a fairseq checkpoint (top level is {type(state).__name__}, "
                                               "not a dict)")
+    try:  # before fairseq builds anything from the config: no field it evaluates may hold code
+        config_validation.check_checkpoint_config(state)
+    except config_validation.ConfigError as exc:
+        raise UnsafeConfigError(path, str(exc)) from None
     return state
 
 
@@ -282,32 +323,25 @@ def model_signature(model_cfg: Any) -> Optional[Dict[str, Any]]:
     which must agree for two models' parameters to mean the same thing; None when ``model_cfg`` names no model.
 
     fairseq's own ``transformer`` has no ``residual_scheme``: it is ``preln`` with ``--encoder-normalize-before``,
-    else ``postln``."""
+    else ``postln``. Admin's ``--admin-omega`` (default ``vector``) is part of it: a per-dimension ω parameter and a
+    scalar ω buffer are different tensors; it is None for the other schemes."""
     if model_cfg is None or _field(model_cfg, "arch") is None:
         return None
     scheme = _field(model_cfg, "residual_scheme") or ("preln" if _field(model_cfg, "encoder_normalize_before")
                                                       else "postln")
-    return {"residual_scheme": scheme, **{k: _field(model_cfg, k) for k in DIMENSIONS}}
+    admin_omega = (_field(model_cfg, "admin_omega") or "vector") if scheme == "admin" else None
+    return {"residual_scheme": scheme, "admin_omega": admin_omega, **{k: _field(model_cfg, k) for k in DIMENSIONS}}
 
 
 def save_atomically(state: Dict[str, Any], path: str) -> None:
     """``torch.save`` into a temporary file beside ``path``, then rename onto it: ``path`` is never half-written, and
     the temporary file is removed if saving fails. Saving through a file object names the archive ``archive`` (not
-    after the temporary file), so the same state always gives the same bytes."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> what a plain open() would give
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    after the temporary file), so the same state always gives the same bytes. The write is
+    :func:`fairseq_admin.output_safety.atomic_write` (fsynced); check the path first with its ``check_output``."""
+    from fairseq_admin.output_safety import atomic_write
+
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
 
 
 def checkpoint_model_cfg(state: Dict[str, Any]) -> Any:
@@ -318,10 +352,12 @@ def checkpoint_model_cfg(state: Dict[str, Any]) -> Any:
 
 
 def signature_differences(a: Optional[Dict[str, Any]], b: Optional[Dict[str, Any]]) -> List[str]:
-    """``["residual_scheme postln vs deepnorm", ...]`` for the fields where signatures ``a`` and ``b`` differ."""
+    """``["residual_scheme postln vs deepnorm", ...]`` for the fields where signatures ``a`` and ``b`` differ
+    (``admin_omega`` only between two Admin models: the scheme's difference already says the rest)."""
     if a is None or b is None:
         return []
-    return [f"{k} {a[k]} vs {b[k]}" for k in a if a[k] != b[k]]
+    return [f"{k} {a[k]} vs {b[k]}" for k in a
+            if a[k] != b[k] and not (k == "admin_omega" and None in (a[k], b[k]))]
 
 
 # ---- fairseq's loaders, reading the file safely ----------------------------------------------------------------------

@@ -302,18 +302,20 @@ def log_stability(model, record: ResidualRecord, grad_scale: float = 1.0, prefix
 
 
 def install_stability_log(task, every: int) -> None:
-    """Make ``task`` (this object only) log :func:`log_stability` every ``every`` updates, from the first.
+    """Make ``task`` (this object only) log :func:`log_stability` every ``every`` updates, from the first (0: never),
+    and keep log lines free of ``stab_*`` columns without a value (:func:`drop_idle_stability_meters`).
 
-    The model's ``--log-stability N`` calls this at build with the task that trains it, so any fairseq task logs the
-    ``stab_*`` keys: a task's ``train_step`` is the one place that sees a step's gradients after its backward together
-    with its sample size and loss scale. β comes from that step's forward, the gradient norms from its backward, per
-    token as the trainer will apply them (before clipping)."""
+    The model calls this at build with the task that trains it (``--log-stability N``, or 0 without it), so any
+    fairseq task logs the ``stab_*`` keys: a task's ``train_step`` is the one place that sees a step's gradients after
+    its backward together with its sample size and loss scale. β comes from that step's forward, the gradient norms
+    from its backward, per token as the trainer will apply them (before clipping)."""
     inner = task.train_step
     if getattr(inner, "stability_every", None) is not None:  # a second model built for the same task
         return
 
     def train_step(sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        if ignore_grad or update_num % every:
+        drop_idle_stability_meters()
+        if not every or ignore_grad or update_num % every:
             return inner(sample, model, criterion, optimizer, update_num, ignore_grad)
         core = unwrap_model(model)
         with record_residuals(core) as residuals:
@@ -323,6 +325,26 @@ def install_stability_log(task, every: int) -> None:
 
     train_step.stability_every = every
     task.train_step = train_step
+
+
+def drop_idle_stability_meters(prefix: str = "stab") -> None:
+    """Remove the ``{prefix}_*`` meters that hold no value from fairseq's active metrics aggregators.
+
+    fairseq prints every meter an aggregator holds, one without a value since its last reset as ``=None``, and saves
+    the meters with each checkpoint (``extra_state["metrics"]``), restoring them on resume: without this, a log line
+    of an update that measured nothing (``--log-stability N``, N > 1) and every line of a run resumed without
+    ``--log-stability`` from a checkpoint written with it carried one ``stab_*=None`` column per figure. Called before
+    each training step, inside fairseq's ``train``/``train_inner`` aggregation, so a meter reset at the last log line
+    is gone before the next unless this step logs it again."""
+    from fairseq.logging import metrics
+
+    for meters in metrics.get_active_aggregators():
+        idle = [key for key, meter in meters.items()
+                if key.startswith(prefix + "_") and getattr(meter, "smoothed_value", 0) is None]
+        for key in idle:
+            del meters[key]
+        # a MetersDict orders and saves its meters by its `priorities` list (fairseq/logging/meters.py): drop them there
+        meters.priorities[:] = [entry for entry in meters.priorities if entry[2] not in idle]
 
 
 def loss_scale(optimizer) -> float:

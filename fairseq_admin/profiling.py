@@ -190,13 +190,21 @@ def write_profile(path: str, encoder_values: Sequence[float], decoder_values: Se
     os.replace(tmp, path)  # never leave a half-written profile behind
 
 
+# The largest ω a profile may hold. ω multiplies the shortcut x_i, a LayerNorm output whose entries are at most
+# sqrt(d - 1) < 64 in size for any d <= 4096 (at γ = 1), and x_i·ω + f_i(x_i) is what the next LayerNorm reads in the
+# activations' dtype: in fp16 that must stay below 65504, so ω <= 1000 (1000 · 64 = 64000). Far larger ω overflow
+# even float32 (LayerNorm squares x·ω, inf once |x·ω| > 1.8e19) and the first forward dies on non-finite values.
+# Profiled ω grow like sqrt(sublayers) (sqrt(2000) ≈ 45 for a 1000-layer encoder), far below the bound.
+OMEGA_MAX = 1000.0
+
+
 def read_profile(path: str, num_encoder: int, num_decoder: int) -> Tuple[List[float], List[float]]:
     """Read and validate a ``profile.ratio.init`` for a model with ``num_encoder`` (2N) and ``num_decoder`` (3M)
     residual sublayers. Every problem is a ValueError that says what was expected and what was found.
 
-    An index is a decimal integer; ω must be finite and positive and a normal float32 (ω is a float32 parameter:
-    2^-126 <= ω <= float32's max), written as a plain decimal or exponent number (no ``_`` digit separators)."""
-    float32_tiny, float32_max = 2.0 ** -126, (2.0 - 2.0 ** -23) * 2.0 ** 127
+    An index is a decimal integer; ω must be finite, a normal float32 (ω is a float32 parameter: ω >= 2^-126) and at
+    most :data:`OMEGA_MAX`, written as a plain decimal or exponent number (no ``_`` digit separators)."""
+    float32_tiny = 2.0 ** -126
     if not os.path.isfile(path):
         raise OptionError(f"admin profile {path!r} does not exist")
     try:
@@ -227,9 +235,10 @@ def read_profile(path: str, num_encoder: int, num_decoder: int) -> Tuple[List[fl
         if index != want_index:
             raise OptionError(f"admin profile {path!r} line {lineno}: expected {stack} sublayer index {want_index}, "
                              f"found {fields[0]} (was it made for another depth?)")
-        if not math.isfinite(value) or not float32_tiny <= value <= float32_max:
-            raise OptionError(f"admin profile {path!r} line {lineno}: ω must be finite and positive and a normal "
-                             f"float32 (between {float32_tiny:.8g} and {float32_max:.8g}), found {fields[1]}")
+        if not math.isfinite(value) or not float32_tiny <= value <= OMEGA_MAX:
+            raise OptionError(f"admin profile {path!r} line {lineno}: ω must be finite and positive, between "
+                             f"{float32_tiny:.8g} (the smallest normal float32) and {OMEGA_MAX:g} (larger would "
+                             f"overflow fp16 activations), found {fields[1]}")
         values.append(value)
     return values[:num_encoder], values[num_encoder:]
 

@@ -4,7 +4,7 @@ that reproduce them on any number of GPUs.
     python -m fairseq_admin.recipes --list
     python -m fairseq_admin.recipes --pair en-de --scheme admin --layers 18-18 --gpus 4 --dry-run
     python -m fairseq_admin.recipes --pair en-de --scheme b2t --layers 18-18 --gpus 8 --data DIR -- --patience 5
-    bash scripts/train.sh ...   (the same options)
+    bash scripts/train.sh ...   (the same options; fairseq-admin-train ... where the package is pip-installed)
 
 A setting is (pair, scheme, encoder-decoder layers, source paper). The paper's *tokens per update* is kept whatever the
 GPU count: tokens_per_update = nodes x gpus x max_tokens x update_freq. Without --max-tokens the per-GPU batch is the
@@ -487,9 +487,9 @@ def format_table(settings: Sequence[Setting] = SETTINGS) -> str:
     return "\n".join(lines) + "\n\n" + common
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser(prog: str = "python -m fairseq_admin.recipes") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m fairseq_admin.recipes",
+        prog=prog,
         description="Print (and run) the fairseq-train command of a published Post-LN / Pre-LN / Admin / B2T setting, "
                     "keeping the paper's tokens per update on any number of GPUs. Arguments after a bare `--` go to "
                     "fairseq-train unchanged.",
@@ -510,9 +510,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--launcher", choices=LAUNCHERS, default="fairseq",
                    help="fairseq: fairseq-train on one node (default); torchrun: print/run the command of one node "
                         "(--node-rank); slurm: srun inside an allocation")
-    p.add_argument("--node-rank", type=int, default=int(os.environ.get("NODE_RANK", 0)), help="torchrun node rank")
+    p.add_argument("--node-rank", type=int, help="torchrun node rank (default: $NODE_RANK, else 0)")
     p.add_argument("--master-addr", default=os.environ.get("MASTER_ADDR"), help="torchrun: host of node rank 0")
-    p.add_argument("--master-port", type=int, default=int(os.environ.get("MASTER_PORT", 29500)))
+    p.add_argument("--master-port", type=int, help="torchrun (default: $MASTER_PORT, else 29500)")
     p.add_argument("--distributed-port", type=int, default=12345, help="slurm: fairseq's rendezvous port")
     p.add_argument("--tolerance", type=float, default=TOLERANCE,
                    help=f"largest relative deviation from the paper's tokens per update (default {TOLERANCE})")
@@ -520,14 +520,28 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _environment_int(parser: argparse.ArgumentParser, name: str, default: int) -> int:
+    """$NAME as a whole number >= 0 (a default of --node-rank / --master-port), else ``default``; one line if not."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    if not value.isdigit():
+        parser.error(f"environment variable {name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m fairseq_admin.recipes") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1:]
-    parser = make_parser()
+    parser = make_parser(prog)
     args = parser.parse_args(argv)
+    if args.node_rank is None:
+        args.node_rank = _environment_int(parser, "NODE_RANK", 0)
+    if args.master_port is None:
+        args.master_port = _environment_int(parser, "MASTER_PORT", 29500)
     if args.list:
         print(format_table())
         return 0
@@ -542,7 +556,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             master_addr=args.master_addr, master_port=args.master_port, distributed_port=args.distributed_port,
             tolerance=args.tolerance)
     except RecipeError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
 
     info = (f"[recipes] {setting.name}: {setting.paper}\n"
@@ -567,17 +581,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     data_dir = args.data or setting.data
     if not os.path.isdir(data_dir):
-        print(f"error: data directory {data_dir!r} does not exist: binarize the corpus first "
+        print(f"{prog}: error: data directory {data_dir!r} does not exist: binarize the corpus first "
               "(fairseq-admin-prepare, or fairseq-preprocess --joined-dictionary) or give --data DIR", file=sys.stderr)
         return 2
     sys.stderr.flush()
     try:
         os.execvp(cmd[0], cmd)
     except FileNotFoundError:
-        print(f"error: {cmd[0]} not found on PATH (activate the environment: source .venv/bin/activate)",
+        print(f"{prog}: error: {cmd[0]} not found on PATH (activate the environment: source .venv/bin/activate)",
               file=sys.stderr)
         return 127
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def cli_main() -> None:
+    """``fairseq-admin-train``: the installed command (setup.py)."""
+    sys.exit(main(prog="fairseq-admin-train"))
+
+
+if __name__ == "__main__":  # scripts/train.sh runs this file by path (standard library only: no package import)
+    sys.exit(main(prog=os.environ.get("FAIRSEQ_ADMIN_RECIPES_PROG", "python -m fairseq_admin.recipes")))

@@ -9,7 +9,8 @@ usage: bash scripts/evaluate.sh --pair {en-de,en-fr,de-en} --checkpoints DIR --d
                                 --ref DIR/test.raw.de [--num-checkpoints 10] [--average-by auto|epoch|update]
                                 [--beam 4 --lenpen 0.6] [--subset test] [--out results.json] [--workdir DIR]
                                 [--user-dir "$(fairseq-admin-options --user-dir)"] [--cpu] [--max-tokens N] [--generate-args 'ARGS']
-                                [--no-aggressive-dash] [--help]
+                                [--no-aggressive-dash] [--choose-on-valid --valid-ref DIR/valid.raw.de
+                                [--valid-subset valid] [--grid-lenpens 0.6,1.0,1.5]] [--help]
 
 Steps (each printed):
   1. average the last N checkpoints with fairseq-admin-average (N = 0 or 1: checkpoint_best.pt, or the only one)
@@ -19,7 +20,14 @@ Steps (each printed):
   4. BLEU: (a) sacreBLEU on detokenized text vs the raw reference (signature printed; same as the sacrebleu CLI)
            (b) the papers' tokenized BLEU: Moses -a tokenization + ##AT##-##AT## compound split, tokenize=none
                (de-en: Moses tokens without -a or compound split, as IWSLT14 is tokenized)
-Writes a JSON (--out, default CHECKPOINTS/eval-SUBSET.json) with both scores, signature, checkpoints, command, counts.
+With --choose-on-valid, between steps 1 and 2: the validation set (--valid-subset, scored against --valid-ref) is
+translated with checkpoint_best.pt and (N > 1) the average of the last N, once each with --nbest BEAM, and every
+length penalty of --grid-lenpens is scored from that one translation (fairseq_admin/choose_on_valid.py); the grid
+(validation sacreBLEU, length ratio) is printed and the best cell chosen (ties: checkpoint_best.pt first, then the
+earlier length penalty); steps 2-4 then translate the test subset once with it. The test set is never used to choose.
+Excludes --lenpen, and --beam/--lenpen/--nbest/--sampling... in --generate-args.
+Writes a JSON (--out, default CHECKPOINTS/eval-SUBSET.json) with both scores, signature, checkpoints, command, counts
+(and with --choose-on-valid the grid and the choice, under "chosen_on_valid").
 Environment: PYTHON (default: the project's venv, $FAIRSEQ_ADMIN_VENV or .venv, if present, else python3).
 USAGE
   exit 0
@@ -32,6 +40,8 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 # fairseq-generate and friends live next to the interpreter
 export PATH="$(dirname "$PYTHON"):$PATH"
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+# a repository checkout (fairseq_admin/ beside scripts/) is imported from here; an installed copy
+# (fairseq_admin/shipped/scripts/, fairseq-admin-quickstart) imports the package its PYTHON has
+if [ -d "$root/fairseq_admin" ]; then export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"; fi
 echo "[evaluate.sh] $PYTHON -m fairseq_admin.cli.evaluate $*"
 exec "$PYTHON" -m fairseq_admin.cli.evaluate "$@"

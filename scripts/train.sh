@@ -86,4 +86,6 @@ fi
 # recipes.py is standard-library only; run it as a file (-P: without its folder on sys.path) so that it does not
 # import the fairseq_admin package (torch + fairseq, ~10 s). It prints the command on stdout, its batch arithmetic
 # on stderr, and then execs the command unless --dry-run.
-exec "$py" -P "$root/fairseq_admin/recipes.py" "$@"
+# a repository checkout has fairseq_admin/ beside scripts/; an installed copy lies in fairseq_admin/shipped/scripts/
+if [ -d "$root/fairseq_admin" ]; then recipes=$root/fairseq_admin/recipes.py; else recipes=$root/../recipes.py; fi
+FAIRSEQ_ADMIN_RECIPES_PROG=train.sh exec "$py" -P "$recipes" "$@"  # its errors are signed train.sh

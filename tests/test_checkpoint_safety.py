@@ -146,3 +146,55 @@ def test_fairseq_loader_in_process_names_the_global(trained, tmp_path):
     with pytest.raises(RuntimeError, match=r"posix\.system"):
         checkpoint_utils.load_checkpoint_to_cpu(str(evil))
     assert not marker.exists()
+
+
+def test_allow_list_is_objects_as_torch_2_4_and_2_5_read_it():
+    """torch 2.4/2.5 (the floor of setup.py) key the allow-list by ``f"{f.__module__}.{f.__name__}"`` of each entry
+    (torch/_weights_only_unpickler.py, ``_get_user_allowed_globals`` at v2.4.0 and v2.5.0, copied below); an
+    ``(object, name)`` pair, which only torch >= 2.6 understands, fails there with "'tuple' object has no attribute
+    '__module__'"."""
+    def torch_2_4_user_allowed_globals(marked):
+        rc = {}
+        for f in marked:
+            module, name = f.__module__, f.__name__
+            rc[f"{module}.{name}"] = f
+        return rc
+
+    assert list(torch_2_4_user_allowed_globals(checkpoint_safety.safe_globals())) == EXPECTED_ALLOW_LIST
+
+
+def test_allow_list_needs_neither_numpy_core_attribute_nor_dtypes(monkeypatch):
+    """numpy 1.26 has a ``numpy._core`` without ``multiarray`` until that is imported, and numpy 1.24 no
+    ``numpy.dtypes``: the allow-list must not read either (the plugin died at import on both)."""
+    import types
+
+    import numpy as np
+
+    monkeypatch.setattr(np, "_core", types.ModuleType("numpy._core"), raising=False)
+    assert checkpoint_safety.allowed_global_names() == EXPECTED_ALLOW_LIST
+    monkeypatch.setattr(np, "dtypes", None)  # as absent (deleting it makes numpy's lazy __getattr__ recurse)
+    assert checkpoint_safety.allowed_global_names() == EXPECTED_ALLOW_LIST  # the classes come from np.dtype itself
+
+
+def test_array_pickled_under_the_other_numpy_major_loads(tmp_path):
+    """A checkpoint whose arrays name ``_reconstruct`` as the other numpy major does (``numpy.core.multiarray`` under
+    numpy 2, ``numpy._core.multiarray`` under 1.x) loads through the alias, with its values."""
+    import zipfile
+
+    import numpy as np
+    import torch
+
+    here = np.zeros(0).__reduce__()[0].__module__.encode()  # numpy.core.multiarray or numpy._core.multiarray
+    other = b"numpy.core.multiarray" if here == b"numpy._core.multiarray" else b"numpy._core.multiarray"
+    written = tmp_path / "here.pt"
+    torch.save({"metrics": {"_bleu_counts": np.array([3, 2, 1, 0])}}, written)
+    moved = tmp_path / "other.pt"
+    with zipfile.ZipFile(written) as src, zipfile.ZipFile(moved, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename.endswith("data.pkl"):
+                assert here + b"\n_reconstruct" in data
+                data = data.replace(here + b"\n_reconstruct", other + b"\n_reconstruct")
+            dst.writestr(item, data)
+    state = checkpoint_safety.load_checkpoint(str(moved))
+    assert state["metrics"]["_bleu_counts"].tolist() == [3, 2, 1, 0]

@@ -204,12 +204,24 @@ def test_train_log_stability(synthetic_data, tmp_path, task):
     proc = run_cli(*args)
     log = proc.stdout + proc.stderr
     lines = [line for line in log.splitlines() if "| train_inner |" in line]
-    # fairseq prints a meter that got no value since the last log as "=None": measured steps carry numbers
     logged = [line for line in lines if re.search(r"stab_g_last_ffn[ =][\d.]+", line)]
     assert logged, log[-3000:]
-    # updates 1 and 3 (update_num 0 and 2) are measured, 2 and 4 not
+    # updates 1 and 3 (update_num 0 and 2) are measured, 2 and 4 not; those lines carry no stab_* column at all
+    # (fairseq would print a meter that got no value since the last log as "stab_...=None")
     assert len(logged) == 2, logged
+    assert len([line for line in lines if "stab_" in line]) == 2 and "None" not in "".join(lines), lines
     for key in ("stab_g_enc0", "stab_g_dec1", "stab_beta_enc1", "stab_beta_dec0", "stab_omega_dec_max"):
         assert re.search(key + r"[ =][\d.]+", logged[0]), logged[0]
     omega_max = float(re.search(r"stab_omega_dec_max[ =]([\d.]+)", logged[0]).group(1))
     assert omega_max > 1
+
+
+def test_resumed_without_log_stability_logs_no_stab_columns(synthetic_data, tmp_path):
+    """fairseq saves the metrics meters with the checkpoint and restores them on resume: a run resumed without
+    --log-stability from a checkpoint written with it printed ``stab_g_enc0=None, ...`` on every line."""
+    run_cli(*train_args(synthetic_data, tmp_path, "admin_transformer", "--log-stability", "1", max_update=3))
+    proc = run_cli(*train_args(synthetic_data, tmp_path, "admin_transformer", max_update=10))
+    log = proc.stdout + proc.stderr
+    assert "Loaded checkpoint" in log, log[-3000:]
+    lines = [line for line in log.splitlines() if "| train_inner |" in line or "| train |" in line]
+    assert lines and not [line for line in lines if "None" in line], lines

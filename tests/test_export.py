@@ -38,6 +38,7 @@ RANDOM_CASES = [
     ("admin-vector-layernorm-embedding", "admin_transformer", ["--layernorm-embedding"]),
     ("admin-scalar", "admin_transformer", ["--admin-omega", "scalar", "--share-all-embeddings"]),
     ("deepnorm", "deepnorm_transformer", ["--share-all-embeddings"]),
+    ("lns", "lns_transformer", ["--share-all-embeddings"]),  # 1/sqrt(l) folded into the pre-norms' γ and β
 ]
 
 
@@ -208,8 +209,8 @@ def test_b2t_is_refused_in_one_line(synthetic_data, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--checkpoint", "{missing}", "--out", "{out}"], "no such file"),
-    (["--checkpoint", "{src}", "--out", "{src}"], "--out must differ"),
-    (["--checkpoint", "{src}", "--out", "{nodir}"], "does not exist"),
+    (["--checkpoint", "{src}", "--out", "{src}"], "is one of the inputs"),
+    (["--checkpoint", "{src}", "--out", "{under_file}"], "is not a directory"),  # a missing directory is created
     (["--checkpoint", "{src}", "--out", "{out}", "--data", "{missing}"], "no such directory"),
     (["--checkpoint", "{src}", "--out", "{out}", "--sentencepiece-model", "{missing}"], "no such file"),
     (["--checkpoint", "{garbage}", "--out", "{out}"], "not a torch checkpoint"),
@@ -218,7 +219,7 @@ def test_bad_input_one_line_error(random_checkpoints, tmp_path, capsys, argv, me
     garbage = tmp_path / "garbage.pt"
     garbage.write_text("not a checkpoint")
     paths = {"missing": tmp_path / "missing", "out": tmp_path / "out.pt", "src": random_checkpoints["postln"][0],
-             "nodir": tmp_path / "no" / "out.pt", "garbage": garbage}
+             "under_file": garbage / "out.pt", "garbage": garbage}
     assert export.cli_main([a.format(**paths) for a in argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("fairseq-admin-export: error:") and "\n" not in err and message in err, err
@@ -240,6 +241,7 @@ TRAINED_CASES = [
                                "scalar"]),
     ("admin-vector-O(logn)", ["--arch", "admin_transformer", "--task", "translation", "--admin-init", "O(logn)"]),
     ("deepnorm", ["--arch", "deepnorm_transformer", "--task", "translation"]),
+    ("lns", ["--arch", "lns_transformer", "--task", "translation"]),
 ]
 TRAIN = ["--user-dir", USER_DIR, "--encoder-layers", "2", "--decoder-layers", "2", *TINY, "--share-all-embeddings",
          "--optimizer", "adam", "--lr", "0.003", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "4",
@@ -320,7 +322,8 @@ def test_ctranslate2_converter_and_scores(random_checkpoints, synthetic_data, tm
     ctranslate2 = pytest.importorskip("ctranslate2")
     from fairseq import checkpoint_utils
 
-    for name in ("postln", "preln", "admin-vector-share-all", "admin-vector-share-dec-io-learned-pos", "deepnorm"):
+    for name in ("postln", "preln", "admin-vector-share-all", "admin-vector-share-dec-io-learned-pos", "deepnorm",
+                 "lns"):
         exported = random_checkpoints[name][1]
         model_dir = tmp_path / name
         run_cli("ct2-fairseq-converter", "--model_path", exported, "--data_dir", synthetic_data, "--output_dir",

@@ -146,6 +146,41 @@ def test_admin_default_is_transformer_clinics():
     assert model.args.layer_init == "fairseq-0.9"  # the value used is saved in the checkpoint's config
 
 
+@pytest.mark.parametrize("omega_option", [[], ["--admin-omega", "vector"]])
+def test_admin_omega_is_a_learned_vector_per_sublayer_as_transformer_clinics(omega_option):
+    """The official ω: one ``nn.Parameter(torch.ones(embed_dim))`` per residual sublayer (Transformer-Clinic
+    fairseq/fairseq/modules/transformer_layer.py:60-61 encoder, :382-384 decoder), trained with the model. Ours: a
+    (sublayers, d) parameter per layer, in the model's parameters, with a gradient per dimension."""
+    model = _build("admin_transformer", *omega_option, "--dropout", "0")
+    params = dict(model.named_parameters())
+    for stack, layer in _layers(model):
+        omega = layer.residual.omega
+        assert isinstance(omega, torch.nn.Parameter) and omega.requires_grad
+        assert omega.shape == ((2 if stack == "encoder" else 3), D)
+        assert any(p is omega for p in params.values())  # the optimizer gets it
+    from helpers import random_batch
+
+    out, _ = model(**random_batch(model.encoder.dictionary, bsz=3, src_len=6, tgt_len=5))
+    out.float().pow(2).mean().backward()
+    for stack, layer in _layers(model):
+        grad = layer.residual.omega.grad
+        assert grad is not None and grad.shape == layer.residual.omega.shape, stack
+        assert (grad != 0).all(), stack
+        assert len(torch.unique(grad[0])) > D // 2, stack  # per dimension: not one value broadcast over d
+
+
+def test_admin_scalar_omega_is_a_fixed_buffer():
+    """``--admin-omega scalar`` (ours, not the official code's): one ω per sublayer, a buffer, saved, never trained."""
+    model = _build("admin_transformer", "--admin-omega", "scalar")
+    state = model.state_dict()
+    for stack, layer in _layers(model):
+        omega = layer.residual.omega
+        assert not isinstance(omega, torch.nn.Parameter) and not omega.requires_grad
+        assert omega.shape == ((2 if stack == "encoder" else 3),)
+    assert not any(name.endswith("residual.omega") for name, _ in model.named_parameters())
+    assert sum(name.endswith("residual.omega") for name in state) == sum(LAYERS)
+
+
 def test_b2t_default_is_postln_times_the_official_scaling():
     """Every Linear weight equals the same-seed postln model's times L^-0.5 (L per stack); biases, LayerNorms and
     embeddings equal postln's exactly."""
@@ -163,12 +198,17 @@ def test_b2t_default_is_postln_times_the_official_scaling():
     assert b2t.args.layer_init == "fairseq"
 
 
-def test_deepnorm_default_is_the_papers():
-    from fairseq_admin.schemes.deepnorm import deepnorm_constants
+# DeepNet's encoder-decoder β (Wang et al. 2022, Fig. 2), computed here from the paper's formula in float64, never
+# from the code under test: encoder 0.87·(N⁴M)^(-1/16), decoder (12M)^(-1/4), N = 3 and M = 2 (LAYERS).
+DEEPNORM_BETA = {"encoder": 0.87 * math.exp(-math.log(3 ** 4 * 2) / 16), "decoder": math.exp(-math.log(12 * 2) / 4)}
 
-    model = _build("deepnorm_transformer")
-    betas = {stack: deepnorm_constants(*LAYERS, stack)[1] for stack in ("encoder", "decoder")}
-    _check_model(model, lambda stack, layer: fairseq_main_rules(layer, beta=betas[stack]))
+
+def test_deepnorm_default_is_the_papers():
+    assert LAYERS == (3, 2)  # the constants above are for this depth
+    assert DEEPNORM_BETA["encoder"] == pytest.approx(0.63303, abs=1e-5)  # by hand: 0.87 · 162^(-1/16)
+    assert DEEPNORM_BETA["decoder"] == pytest.approx(0.45180, abs=1e-5)  # by hand: 24^(-1/4)
+    _check_model(_build("deepnorm_transformer"), lambda stack, layer: fairseq_main_rules(layer,
+                                                                                          beta=DEEPNORM_BETA[stack]))
 
 
 @pytest.mark.parametrize("scheme", ["postln", "preln", "b2t", "deepnorm"])

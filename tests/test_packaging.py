@@ -20,6 +20,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
+VENV_COMMANDS = Path(sys.executable).parent  # the environment running the tests: its console scripts
 FAIRSEQ_DISTRIBUTIONS = {"fairseq", "ve-fairseq", "fairseq-fixed"}  # each provides the `fairseq` package
 TESTED_EXTRAS = "fairseq,plots,tensorboard,deploy,test"  # as scripts/setup_env.sh
 
@@ -76,7 +77,8 @@ def project(tmp_path_factory, wheelhouse):
     folder = tmp_path_factory.mktemp("project")
     for name in ("setup.py", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, folder / name)
-    shutil.copytree(ROOT / "fairseq_admin", folder / "fairseq_admin", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("fairseq_admin", "scripts", "data-prep"):  # the package and the tools setup.py ships in it
+        shutil.copytree(ROOT / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-index", "--no-build-isolation",
                     "--wheel-dir", wheelhouse, folder], check=True, env=offline_pip_env(), capture_output=True)
     return folder
@@ -172,3 +174,155 @@ def test_plots_without_matplotlib_say_which_extra(monkeypatch, tmp_path):
     with pytest.raises(DiagnoseError, match=re.escape("pip install 'fairseq_admin[plots]'")):
         main(["--schemes", "preln", "--layers", "2", "--plot-dir", str(tmp_path / "plots")])
     assert not (tmp_path / "plots").exists()
+
+
+# ---- what the wheel and the sdist carry, and the installed commands ------------------------------------------------
+SHIPPED_FILES = ["scripts/quickstart.sh", "scripts/train.sh", "scripts/evaluate.sh", "data-prep/lib.sh",
+                 "data-prep/prepare-multi30k.sh", "data-prep/prepare-iwslt14deen.sh", "data-prep/prepare-wmt14en2de.sh",
+                 "data-prep/prepare-wmt14en2fr.sh", "data-prep/iwslt14.py"]
+COMMANDS = ["fairseq-admin-quickstart", "fairseq-admin-train", "fairseq-admin-data-prep", "fairseq-admin-options"]
+NOT_IN_A_SOURCE_TREE = {".git", ".venv", ".venv-ci", ".pytest_cache", "build", "dist", "checkpoints", "quickstart",
+                        "data", "work", "__pycache__"}
+
+
+@pytest.fixture(scope="module")
+def distributions(tmp_path_factory):
+    """sdist of a copy of the source tree (``setup.py sdist``: MANIFEST.in decides), then the wheel built from the
+    unpacked sdist, as a user's pip builds it: {"sdist": names in the tarball, "tree": unpacked folder, "wheel": path}."""
+    import tarfile
+
+    work = tmp_path_factory.mktemp("distributions")
+    tree = work / "tree"
+    shutil.copytree(ROOT, tree, ignore=lambda folder, names: [n for n in names if n in NOT_IN_A_SOURCE_TREE
+                                                                or n.endswith(".egg-info")])
+    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", work / "dist"], cwd=tree, check=True,
+                   capture_output=True, env=offline_pip_env())
+    (sdist,) = (work / "dist").glob("fairseq_admin-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = [name.split("/", 1)[1] for name in tar.getnames() if "/" in name]
+        tar.extractall(work / "unpacked", filter="data")
+    (unpacked,) = (work / "unpacked").iterdir()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-index", "--no-build-isolation",
+                    "--wheel-dir", work / "dist", unpacked], check=True, capture_output=True, env=offline_pip_env())
+    (wheel,) = (work / "dist").glob("fairseq_admin-*.whl")
+    return {"sdist": set(names), "tree": unpacked, "wheel": wheel}
+
+
+def test_sdist_holds_the_tools_and_what_its_tests_need(distributions):
+    names = distributions["sdist"]
+    assert set(SHIPPED_FILES) <= names
+    assert {"tests/conftest.py", "tests/helpers.py", "tests/reference.py", "tests/fixtures/v050.json",
+            "constraints.txt", "MANIFEST.in", "scripts/setup_env.sh", "benchmarks/depth_grid.py"} <= names
+    tests = {p.relative_to(ROOT).as_posix() for p in (ROOT / "tests").rglob("*.py")}
+    assert tests - names == set(), "tests missing from the sdist"
+    assert not [n for n in names if n.startswith("benchmarks/results/") or "__pycache__" in n]
+
+
+def test_wheel_carries_the_tools_and_their_commands(distributions):
+    with zipfile.ZipFile(distributions["wheel"]) as whl:
+        names = set(whl.namelist())
+        (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        commands = whl.read(entry_points).decode()
+    assert {f"fairseq_admin/shipped/{f}" for f in SHIPPED_FILES} <= names
+    for command in COMMANDS:
+        assert f"{command} = " in commands
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory, distributions):
+    """A fresh environment with the wheel alone (no torch, no fairseq: --no-deps): its bin folder."""
+    env = tmp_path_factory.mktemp("installed") / "env"
+    venv.EnvBuilder(with_pip=True).create(env)
+    subprocess.run([env / "bin" / "python", "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+                    distributions["wheel"]], check=True, capture_output=True, env=offline_pip_env())
+    return env / "bin"
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["fairseq-admin-quickstart", "--help"], "usage: bash scripts/quickstart.sh"),
+    (["fairseq-admin-train", "--list"], "liu2020b"),
+    (["fairseq-admin-train", "--pair", "en-de", "--scheme", "admin", "--layers", "18-18", "--dry-run"],
+     "fairseq-train data/wmt14_en_de/data-bin --user-dir "),
+    (["fairseq-admin-data-prep", "--help"], "wmt14-en-fr"),
+    (["fairseq-admin-data-prep", "multi30k", "--help"], "prepare-multi30k.sh --out DIR"),
+    (["fairseq-admin-options", "--user-dir"], "site-packages/fairseq_admin"),
+])
+def test_installed_commands_run_outside_the_repository(installed, tmp_path, argv, expect):
+    """The commands of a pip-installed copy, run from another folder, in an environment without torch or fairseq:
+    what needs neither imports neither (fairseq_admin/__init__.py)."""
+    proc = subprocess.run([installed / argv[0], *argv[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHON")})
+    assert proc.returncode == 0, proc.stderr
+    assert expect in proc.stdout
+    if argv[0] == "fairseq-admin-train" and "--dry-run" in argv:
+        user_dir = proc.stdout.split("--user-dir ")[1].split()[0]
+        assert user_dir.startswith(str(installed.parent)) and os.path.isfile(os.path.join(user_dir, "__init__.py"))
+
+
+def test_installed_command_errors_are_one_line(installed, tmp_path):
+    proc = subprocess.run([installed / "fairseq-admin-data-prep", "nope"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith("fairseq-admin-data-prep: error: unknown DATASET 'nope'")
+    proc = subprocess.run([installed / "fairseq-admin-train", "--pair", "en-de", "--scheme", "admin", "--layers",
+                           "7", "--dry-run"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith("fairseq-admin-train: error: no published setting")
+
+
+def test_commands_that_need_neither_torch_nor_fairseq_import_neither(tmp_path):
+    """Every fairseq-admin-* command took 4-5 s, --help and `fairseq-admin-options --user-dir` included: importing
+    the package registered the plugin with fairseq. PYTHONPROFILEIMPORTTIME lists every module a process imports."""
+    for argv in (["fairseq-admin-options", "--user-dir"], ["fairseq-admin-prepare", "--help"],
+                 ["fairseq-admin-evaluate", "--help"]):
+        command = VENV_COMMANDS / argv[0]
+        if not command.exists():
+            pytest.skip(f"{command} is not installed (scripts/setup_env.sh)")
+        proc = subprocess.run([command, *argv[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, PYTHONPROFILEIMPORTTIME="1"))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import")}
+        assert "fairseq_admin" in imported and not {"torch", "fairseq"} & imported, argv
+
+
+def fake_wheel_requiring(folder: Path, name: str, version: str, requires=()) -> None:
+    stem = f"{re.sub(r'[-_.]+', '_', name)}-{version}"
+    with zipfile.ZipFile(folder / f"{stem}-py3-none-any.whl", "w") as whl:
+        whl.writestr(f"{stem}.dist-info/METADATA", metadata(name, version, requires))
+        whl.writestr(f"{stem}.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: fake\nRoot-Is-Purelib: true\n"
+                                                "Tag: py3-none-any\n")
+        whl.writestr(f"{stem}.dist-info/RECORD", "")
+
+
+def test_fairseq_extra_keeps_the_users_torch_when_named(tmp_path, project, wheelhouse):
+    """ve-fairseq requires torchaudio, whose newest release requires torch >= 2.11 (torchaudio 2.11.1's metadata);
+    each older torchaudio pins its torch exactly (2.5.1: torch==2.5.1). `pip install 'fairseq_admin[fairseq]'` would
+    replace a torch 2.5.1 by the newest; naming the user's torch in the same command (setup.py, docs/tools.md) keeps
+    it and takes the torchaudio built for it."""
+    house = tmp_path / "house"
+    shutil.copytree(wheelhouse, house)
+    for old in house.iterdir():
+        if old.name.startswith(("torch-", "torchaudio-", "ve_fairseq-")):
+            old.unlink()
+    fake_wheel_requiring(house, "torch", "2.5.1")
+    fake_wheel_requiring(house, "torch", "2.14.1")
+    fake_wheel_requiring(house, "torchaudio", "2.5.1", ["torch==2.5.1"])
+    fake_wheel_requiring(house, "torchaudio", "2.11.1", ["torch>=2.11"])
+    fake_wheel_requiring(house, "ve-fairseq", "0.12.3", ["torch>=1.13", "torchaudio>=0.8.0", "numpy>=1.21.3"])
+    python = new_env(tmp_path / "env")
+    fake_installed(site_packages(python), "torch", "2.5.1", "torch")
+    plain = dry_run(python, house, "fairseq")
+    assert plain.get("torch") == "2.14.1"  # the trap the documented command avoids
+    kept = dry_run(python, house, "fairseq", "torch==2.5.1")
+    assert "torch" not in kept and kept["torchaudio"] == "2.5.1" and "ve-fairseq" in kept
+
+
+def test_check_floors_help_and_bad_arguments(tmp_path):
+    """scripts/check_floors.sh (the floors, for real: minutes, not run here): --help, and a bad argument is one line
+    before any work."""
+    script = ROOT / "scripts" / "check_floors.sh"
+    proc = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "usage: bash scripts/check_floors.sh" in proc.stdout
+    for argv, message in ((["--numpy", "1.24"], "not a version like 1.24.4"), (["--frobnicate"], "unknown argument")):
+        proc = subprocess.run(["bash", script, *argv, "--work", tmp_path / "w"], capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 2 and proc.stderr.startswith("check_floors.sh: error:") and message in proc.stderr
+        assert not (tmp_path / "w").exists()

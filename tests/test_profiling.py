@@ -57,6 +57,57 @@ def test_profiled_omega_equals_reference_running_variance_sums():
     assert bool(model.omega_ready)
 
 
+def _train_mode_reference(model, batch, p, seed):
+    """Admin's profiling as Transformer-Clinic runs it: in the first *training* forward, so with dropout on
+    (fairseq/fairseq/modules/transformer_layer.py:161 and :519 profile only when ``self.training``; :181, :247, :556,
+    :606 and :640 drop the branch output before its Var is taken at :193-194, :258-259, :568-569, :617-618 and
+    :651-652), the embeddings dropped too (fairseq/fairseq/models/transformer.py:329). Each mask is drawn here as
+    F.dropout draws it on the CPU (a Bernoulli(1 - p) tensor like the input, scaled by 1/(1 - p)), in the order the
+    forward pass meets them: the encoder's embeddings, its sublayers bottom to top, then the decoder's."""
+    torch.manual_seed(seed)
+    drop = lambda t: t * torch.empty_like(t).bernoulli_(1 - p) / (1 - p)
+    enc, dec = model.encoder, model.decoder
+    src, prev = batch["src_tokens"], batch["prev_output_tokens"]
+    pad = enc.padding_idx
+    enc_pad = src.eq(pad) if src.eq(pad).any() else None
+    dec_pad = prev.eq(pad) if prev.eq(pad).any() else None
+    with torch.no_grad():
+        x = drop(enc.embed_scale * enc.embed_tokens.weight[src] + enc.embed_positions(src))
+        if enc_pad is not None:
+            x = x * (~enc_pad).unsqueeze(-1)
+        enc_sublayers = []
+        for l in enc.layers:
+            enc_sublayers += [(lambda h, w, l=l: drop(ref.attention(h, h, l.self_attn, enc_pad)), l.self_attn_layer_norm),
+                              (lambda h, w, l=l: drop(ref.ffn(h, l)), l.final_layer_norm)]
+        enc_omegas, (enc_out,), _ = ref._profile_walk(enc_sublayers, [x.transpose(0, 1)], [enc_pad])
+        y = drop(dec.embed_scale * dec.embed_tokens.weight[prev] + dec.embed_positions(prev))
+        dec_sublayers = []
+        for l in dec.layers:
+            dec_sublayers += [
+                (lambda h, w, l=l: drop(ref.attention(h, h, l.self_attn, dec_pad, causal=True)), l.self_attn_layer_norm),
+                (lambda h, w, l=l: drop(ref.attention(h, enc_out, l.encoder_attn, enc_pad)), l.encoder_attn_layer_norm),
+                (lambda h, w, l=l: drop(ref.ffn(h, l)), l.final_layer_norm)]
+        dec_omegas, _, _ = ref._profile_walk(dec_sublayers, [y.transpose(0, 1)], [dec_pad])
+    return enc_omegas, dec_omegas
+
+
+def test_profiling_runs_in_train_mode_with_dropout_as_the_official_code():
+    """With --dropout 0.3, the profiled ω equal the train-mode reference (the same dropout masks) and not the
+    dropout-free one: profiling in eval mode would give the latter."""
+    p = 0.3
+    model = _admin("--dropout", str(p))
+    model.eval()  # profiling must switch to train mode itself, whatever mode it finds the model in
+    batch = random_batch(model.encoder.dictionary, bsz=4, src_len=9, tgt_len=7)
+    expected_enc, expected_dec = _train_mode_reference(model, batch, p, seed=11)
+    torch.manual_seed(11)
+    enc, dec = profile_model(model, {"net_input": batch})
+    assert not model.training  # and leaves the mode as it found it
+    assert enc == pytest.approx(expected_enc, rel=1e-9)
+    assert dec == pytest.approx(expected_dec, rel=1e-5)
+    no_dropout_enc, no_dropout_dec = _train_mode_reference(model, batch, 0.0, seed=11)
+    assert max(abs(a / b - 1) for a, b in zip(enc + dec, no_dropout_enc + no_dropout_dec)) > 0.05  # dropout matters
+
+
 def test_profiling_counts_real_tokens_only():
     """More padding around the same sentences changes nothing: the variances cover real tokens only."""
     model = _admin()
@@ -194,6 +245,32 @@ def test_closed_form_init_sets_omega_per_stack_without_profiling():
     omega = scalar.encoder.layers[0].residual.omega
     assert omega.shape == (2,) and "omega" not in dict(scalar.named_parameters())  # a fixed buffer
     assert torch.allclose(omega, torch.tensor(math.sqrt(n_enc)).double())
+
+
+@pytest.mark.parametrize("init", ["profile", "O(logn)"])
+def test_no_cross_attention_is_refused_when_the_model_is_built(init):
+    """Transformer-Clinic asserts ``not no_encoder_attn`` for an Admin decoder layer (fairseq/fairseq/modules/
+    transformer_layer.py:366, :425); a decoder without cross-attention would have 2 of the 3 sublayers that the
+    profile (3M lines) and the closed forms (n = 3M) count."""
+    from fairseq_admin.errors import OptionError
+
+    with pytest.raises(OptionError, match="--no-cross-attention is not supported"):
+        _admin("--no-cross-attention", "--admin-init", init)
+
+
+def test_no_cross_attention_is_refused_by_fairseq_train_before_training(synthetic_data, tmp_path):
+    """Today: the first training step fails with "profiling visited 4 of the 6 decoder sublayers"."""
+    from test_cli_end_to_end import train_args
+    from helpers import run_cli
+
+    proc = run_cli(*train_args(synthetic_data, tmp_path, "admin_transformer", "--no-cross-attention", max_update=2),
+                   check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in out, out[-3000:]
+    errors = [line for line in out.splitlines() if "error:" in line]
+    assert errors == ["fairseq-train: error: admin: --no-cross-attention is not supported (an Admin decoder layer "
+                      "has 3 residual sublayers, cross-attention included, as in Transformer-Clinic); remove it"], out[-3000:]
+    assert not (tmp_path / "checkpoint_last.pt").exists()
 
 
 # ---- distributed: two gloo workers, different batches, one ω ----------------------------------------------------

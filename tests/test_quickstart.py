@@ -61,7 +61,7 @@ def test_examples_spread_over_the_test_set():
     assert qs.example_indices(3) == [0, 1, 2]
 
 
-def _report(tmp_path, hyp_lines, src_lines=3):
+def _report(tmp_path, hyp_lines, src_lines=3, **result):
     (tmp_path / "src").write_text("".join(f"s{i}\n" for i in range(src_lines)))
     (tmp_path / "ref").write_text("r0\nr1\nr2\n")
     (tmp_path / "hyp").write_text("".join(f"h{i}\n" for i in range(hyp_lines)))
@@ -69,7 +69,7 @@ def _report(tmp_path, hyp_lines, src_lines=3):
     (tmp_path / "r.json").write_text(json.dumps({
         "hypotheses_file": str(tmp_path / "hyp"), "sacrebleu": 12.345, "tokenized_bleu": 13.0,
         "sacrebleu_signature": "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0",
-        "sacrebleu_text": "BLEU = 12.35 ..."}))
+        "sacrebleu_text": "BLEU = 12.35 ...", **result}))
     return subprocess.run([sys.executable, "-m", "fairseq_admin.cli.quickstart", "report", "--run",
                            f"admin 2-2={tmp_path / 'log'}={tmp_path / 'r.json'}", "--source", tmp_path / "src",
                            "--reference", tmp_path / "ref", "--png", tmp_path / "c.png"],
@@ -85,6 +85,23 @@ def test_report_prints_examples_and_bleu_with_its_signature(tmp_path):
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_report_prints_the_validation_grid_and_its_choice(tmp_path):
+    pytest.importorskip("matplotlib", reason="the [plots] extra is not installed")
+    cells = [{"checkpoints": c, "lenpen": a, "sacrebleu": b, "length_ratio": r, "sacrebleu_text": ""}
+             for c, a, b, r in (("best", 0.6, 21.53, 0.93), ("best", 1.0, 21.91, 0.99), ("best", 1.5, 19.73, 1.2))]
+    chosen = {"subset": "valid", "sentences": 1014, "beam": 4, "grid": cells, "choice": cells[1]}
+    proc = _report(tmp_path, hyp_lines=3, chosen_on_valid=chosen)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    first = out.index("admin 2-2: validation grid (valid, 1014 sentences, beam 4; best: checkpoint_best.pt, avgN: the "
+                      "last N checkpoints averaged):")
+    assert [line.split() for line in out[first + 2:first + 5]] == [["best", "0.6", "21.53", "0.930"],
+                                                                  ["best", "1.0", "21.91", "0.990", "<-", "chosen"],
+                                                                  ["best", "1.5", "19.73", "1.200"]]
+    assert out[first + 5].startswith("admin 2-2: chosen on valid: best, lenpen 1.0; the test set translated once")
+    assert out[first + 6].startswith("admin 2-2: sacreBLEU 12.35")
+
+
 @pytest.mark.parametrize("hyp_lines, src_lines, needle", [(2, 3, "hyp has 2 lines"), (3, 4, "src has 4 lines")])
 def test_report_refuses_translations_that_do_not_line_up(tmp_path, hyp_lines, src_lines, needle):
     proc = _report(tmp_path, hyp_lines, src_lines)
@@ -97,6 +114,10 @@ def test_report_refuses_translations_that_do_not_line_up(tmp_path, hyp_lines, sr
 @pytest.mark.parametrize("argv, needle", [
     (["--scheme", "nope"], "--scheme must be admin, b2t, deepnorm, preln or postln"),
     (["--lr", "fast"], "--lr must be a positive number"),
+    (["--lr", "0"], "--lr must be a positive number"),  # issue 27: accepted, then no training at all
+    (["--lr", "1.2.3"], "--lr must be a positive number"),  # issue 27: passed the number check
+    (["--lr", "0.0e-3"], "--lr must be a positive number"),
+    (["--generate-args", "--max-len-b 20 --lenpen 0.6"], "--generate-args --lenpen: the evaluation chooses"),
     (["--max-tokens", "0"], "--max-tokens and --threads must be at least 1"),
     (["--stop-minutes", "half"], "--stop-minutes must be a number of minutes"),
     (["--stop-minutes", "0"], "--max-update 0 and --stop-minutes 0: give at least one limit"),
@@ -107,6 +128,17 @@ def test_quickstart_refuses_bad_options_before_any_work(tmp_path, argv, needle):
     proc = subprocess.run(["bash", ROOT / "scripts" / "quickstart.sh", "--out", tmp_path / "qs", *argv],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+    assert not (tmp_path / "qs").exists() or not any((tmp_path / "qs").iterdir())
+
+
+def test_quickstart_refuses_data_without_what_the_evaluation_reads(tmp_path):
+    data = tmp_path / "data"
+    (data / "data-bin").mkdir(parents=True)
+    for name in ("data-bin/dict.en.txt", "spm.model", "test.raw.de"):
+        (data / name).write_text("")
+    proc = subprocess.run(["bash", ROOT / "scripts" / "quickstart.sh", "--out", tmp_path / "qs", "--data", data],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and f"{data} has no valid.raw.de, which the evaluation reads" in proc.stderr
     assert not (tmp_path / "qs").exists() or not any((tmp_path / "qs").iterdir())
 
 
@@ -144,7 +176,8 @@ def test_search_ranks_by_validation_bleu_not_by_loss(tmp_path):
 @pytest.mark.skipif(not (SHARED_DATA / "multi30k").is_dir(), reason="../shared/data/multi30k is absent")
 def test_a_short_quickstart_prints_examples_and_writes_the_curves(tmp_path):
     """The real quick start, 5 updates of each model: the report's examples, BLEU with signature and one PNG with
-    both runs' curves."""
+    both runs' curves; each model's evaluation chosen on its own validation translations (5 updates leave no
+    interval checkpoint: checkpoint_best.pt x 3 length penalties), the test set translated once per model."""
     pytest.importorskip("matplotlib", reason="the [plots] extra is not installed")
     env = dict(os.environ, FAIRSEQ_ADMIN_VENV=os.path.dirname(os.path.dirname(sys.executable)))
     proc = subprocess.run(["bash", ROOT / "scripts" / "quickstart.sh", "--raw-dir", SHARED_DATA / "multi30k",
@@ -161,5 +194,13 @@ def test_a_short_quickstart_prints_examples_and_writes_the_curves(tmp_path):
     assert "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:" in out
     png = tmp_path / "qs" / "curves-18-2.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"curves:        {png}" in out
+    assert out.count("the grid has checkpoint_best.pt alone") == 2
+    assert out.count("--gen-subset valid") == 2 and out.count("--gen-subset test") == 2
+    assert out.count("<- chosen") == 4  # the evaluation's grid and the report's, for each model
     for scheme in ("admin", "postln"):
-        assert json.loads((tmp_path / "qs" / f"results-{scheme}_18-2.json").read_text())["num_hypotheses"] == 1000
+        assert f"{scheme} 18-2: validation grid (valid, 1014 sentences, beam 4" in out
+        result = json.loads((tmp_path / "qs" / f"results-{scheme}_18-2.json").read_text())
+        assert result["num_hypotheses"] == 1000
+        grid = result["chosen_on_valid"]["grid"]
+        assert [(c["checkpoints"], c["lenpen"]) for c in grid] == [("best", 0.6), ("best", 1.0), ("best", 1.5)]
+        assert result["lenpen"] == result["chosen_on_valid"]["choice"]["lenpen"]

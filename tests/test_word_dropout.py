@@ -58,6 +58,24 @@ def test_decoder_masks_whole_tokens_and_keeps_position_0():
     assert torch.equal(dec_eval, raw)
 
 
+def test_decoder_word_dropout_is_switched_off_after_the_decoder_runs():
+    """The decoder's mask goes in through a hook on the (shared) embedding table, on only while the decoder runs: the
+    encoder's embeddings of the next forward, and any other use of the table, are never masked."""
+    model = _model("--decoder-word-dropout", "0.9").train()
+    batch = random_batch(model.encoder.dictionary, bsz=8, src_len=12, tgt_len=6)
+    table = model.encoder.embed_tokens
+    assert model.decoder.embed_tokens is table
+    for _ in range(3):  # each forward: the encoder's call first, then the decoder's
+        enc_emb, dec_emb = _decoder_embeddings(model, batch)
+        assert torch.equal(enc_emb, table.weight[batch["src_tokens"]])
+        assert (dec_emb[:, 1:] == 0).all(-1).any()  # the decoder's tokens are dropped (p = 0.9)
+    assert torch.equal(table(batch["src_tokens"]), table.weight[batch["src_tokens"]])  # the table alone, after it
+    model.decoder(batch["prev_output_tokens"], encoder_out=model.encoder(batch["src_tokens"], batch["src_lengths"]))
+    enc_after, _ = model.encoder.forward_embedding(batch["src_tokens"])
+    assert torch.equal(enc_after, model.encoder.embed_scale * table.weight[batch["src_tokens"]] +
+                       model.encoder.embed_positions(batch["src_tokens"]))
+
+
 def test_off_by_default_and_bad_rates_refused():
     model = _model()
     assert model.encoder.word_dropout == 0 and model.decoder._word_dropout is None

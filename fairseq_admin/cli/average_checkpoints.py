@@ -6,14 +6,17 @@
 Checkpoints are read with torch's weights-only loader and the fairseq_admin allow-list
 (:mod:`fairseq_admin.checkpoint_safety`). Every floating-point tensor of ``model`` is averaged in float64 and cast back
 to its dtype; non-floating tensors must be identical in all inputs. All inputs must be models of one residual scheme
-and the same dimensions (``cfg.model``: ``residual_scheme``, layers, widths, heads). The output keeps the first
-checkpoint's ``cfg``/``args``, so ``fairseq-generate --path`` reads it; ``optimizer_history`` and ``extra_state``
+and the same dimensions (``cfg.model``: ``residual_scheme``, layers, widths, heads), trained on the same
+dictionaries (the checksums of their symbols: :func:`check_same_dictionaries` says what is compared). The output's
+``cfg``/``args`` are rebuilt from the first checkpoint's, field by field from fairseq's own option lists and each
+field fairseq evaluates validated again (:func:`rebuilt_config`), so ``fairseq-generate --path`` reads it and no
+string the inputs carried beyond those lists reaches it; ``optimizer_history`` and ``extra_state``
 (epoch, iterator position, best score) come from the newest input (the most updates), and the optimizer moments
 (``last_optimizer_state``) are dropped: they belong to no averaged weights.
 
 The output is written atomically (a temporary file in its directory, then renamed) and may be neither an input nor a
 name fairseq-train writes or resumes from (``checkpoint_last.pt``, ``checkpoint_best.pt``, ``checkpoint<E>.pt``,
-``checkpoint_<E>_<U>.pt``); it is checked before anything is read.
+``checkpoint_<E>_<U>.pt``); it is checked before anything is read (:mod:`fairseq_admin.output_safety`).
 """
 from __future__ import annotations
 
@@ -26,11 +29,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from fairseq_admin import checkpoint_safety
+from fairseq_admin import checkpoint_safety, config_validation, dictionary_checksum, output_safety
 
 EPOCH_RE = re.compile(r"^checkpoint(\d+)\.pt$")
 UPDATE_RE = re.compile(r"^checkpoint_\d+_(\d+)\.pt$")
-FAIRSEQ_NAME_RE = re.compile(r"^checkpoint(_last|_best|\d+|_\d+_\d+).*\.pt$")  # what fairseq-train writes/resumes
 
 
 class AverageError(RuntimeError):
@@ -141,6 +143,108 @@ def check_same_models(states: Sequence[Dict], names: Sequence[str]) -> None:
                                f"different schemes or dimensions cannot be averaged")
 
 
+def check_same_dictionaries(states: Sequence[Dict], names: Sequence[str]) -> List[str]:
+    """Refuse checkpoints trained on different dictionaries of the same size (every shape agrees, the rows mean other
+    symbols). Each input's dictionaries are the checksums recorded at training time, else those of the data-bin it
+    names, when that still exists (fairseq_admin/dictionary_checksum.py); returns a note for each input with neither,
+    whose dictionaries could not be compared."""
+    known, notes = [], []
+    for state, name in zip(states, names):
+        sums, origin = dictionary_checksum.of_checkpoint(state)
+        if sums is None:
+            notes.append(f"{name}: {origin}: its dictionaries cannot be compared with the other inputs'")
+        else:
+            known.append((name, sums, origin))
+    for name, sums, origin in known[1:]:
+        first, first_sums, first_origin = known[0]
+        wrong = dictionary_checksum.differences(first_sums, sums)
+        if wrong:
+            raise AverageError(f"{first} and {name} were trained on different {' and '.join(wrong)} dictionaries of "
+                               f"the same size (sha256 of the symbols: {first_origin}; {origin}): averaging them "
+                               f"would mix rows that mean different tokens")
+    return notes
+
+
+def _known_model_options(model_cfg) -> set:
+    """The option names fairseq's training parser defines for the checkpoint's task, architecture, criterion,
+    optimizer and scheduler (this plugin's included, it is loaded), plus those the model's build_model adds."""
+    from fairseq import options
+    from fairseq.models import ARCH_MODEL_REGISTRY
+    from fairseq.registry import REGISTRIES
+    from fairseq.tasks import TASK_REGISTRY
+
+    from fairseq_admin.cli.export import stock_option_names
+
+    get = (lambda k: model_cfg.get(k)) if isinstance(model_cfg, dict) else (lambda k: getattr(model_cfg, k, None))
+    arch, task, data = get("arch") or get("_name"), get("task") or "translation", get("data")
+    if arch not in ARCH_MODEL_REGISTRY or task not in TASK_REGISTRY:
+        raise AverageError(f"the checkpoint's --arch {arch} or --task {task} is not registered in this process: its "
+                           f"configuration cannot be rebuilt from fairseq's option lists")
+    argv = [data if isinstance(data, str) and data else "DATA", "--task", task, "--arch", arch]
+    for registry, entries in REGISTRIES.items():
+        if isinstance(get(registry), str) and get(registry) in entries["registry"]:
+            argv += [f"--{registry.replace('_', '-')}", get(registry)]
+    parsed = vars(options.parse_args_and_arch(options.get_training_parser(), argv))
+    return set(stock_option_names(arch, parsed)) | {"_name"}
+
+
+def _group_fields(group: str, given) -> Optional[set]:
+    """The field names of fairseq's dataclass for a ``cfg`` group (a task or registry group: its entry's), or None."""
+    import dataclasses
+
+    from fairseq.dataclass.configs import FairseqConfig
+    from fairseq.registry import REGISTRIES
+    from fairseq.tasks import TASK_DATACLASS_REGISTRY
+
+    name = given.get("_name") if isinstance(given, dict) else None
+    if group == "task":
+        dataclass = TASK_DATACLASS_REGISTRY.get(name)
+    elif group in REGISTRIES:
+        dataclass = REGISTRIES[group]["dataclass_registry"].get(name)
+    else:
+        dataclass = next((f.type for f in dataclasses.fields(FairseqConfig) if f.name == group), None)
+    if dataclass is None or not dataclasses.is_dataclass(dataclass):
+        return None
+    return {f.name for f in dataclasses.fields(dataclass)} | {"_name"}
+
+
+def rebuilt_config(state: Dict, name: str) -> Dict:
+    """``{"args": ..., "cfg": ...}`` for the output, built field by field from ``state``'s (the first input's), never
+    a copy of its containers: an ``argparse.Namespace`` group (``cfg.model``, ``args``, a legacy task) keeps the
+    options fairseq's parser and the model's build_model define for the checkpoint's own choices
+    (:func:`_known_model_options`); a dict group keeps the fields of its fairseq dataclass (a task or registry group:
+    its entry's; an entry no dataclass describes becomes None); the top level keeps fairseq's groups. Every field
+    fairseq evaluates as Python is validated again (fairseq_admin/config_validation.py)."""
+    import copy
+    import dataclasses
+
+    from fairseq.dataclass.configs import FairseqConfig
+
+    model_cfg = checkpoint_safety.checkpoint_model_cfg(state)
+    known = _known_model_options(model_cfg) if model_cfg is not None else set()
+
+    def kept(group: str, value):
+        if isinstance(value, argparse.Namespace):
+            return argparse.Namespace(**{k: copy.deepcopy(v) for k, v in vars(value).items() if k in known})
+        if isinstance(value, dict):
+            fields = known if group == "model" else _group_fields(group, value)
+            return None if fields is None else {k: copy.deepcopy(v) for k, v in value.items() if k in fields}
+        return copy.deepcopy(value) if value is None or isinstance(value, (bool, int, float, str)) else None
+
+    out: Dict = {"args": kept("model", state.get("args"))}
+    cfg = state.get("cfg")
+    if isinstance(cfg, dict):
+        groups = [f.name for f in dataclasses.fields(FairseqConfig)]
+        out["cfg"] = {group: kept(group, cfg[group]) for group in groups if group in cfg}
+    elif cfg is not None:
+        raise AverageError(f"{name}: cfg is a {type(cfg).__name__}, not the dict fairseq writes")
+    try:
+        config_validation.check_checkpoint_config(out)
+    except config_validation.ConfigError as exc:
+        raise AverageError(f"{name}: {exc}") from None
+    return out
+
+
 def _num_updates(state: Dict) -> int:
     history = state.get("optimizer_history") or [{}]
     return int(history[-1].get("num_updates", -1))
@@ -163,7 +267,10 @@ def average_checkpoints(paths: Sequence[str]) -> Dict:
         except RuntimeError as exc:  # includes UnsafeCheckpointError
             raise AverageError(str(exc)) from None
     check_same_models(states, list(paths))
+    for note in check_same_dictionaries(states, list(paths)):
+        print(f"[average] note: {note}", flush=True)
     new_state = dict(states[0])
+    new_state.update(rebuilt_config(states[0], paths[0]))  # the config: fairseq's fields only, validated
     new_state["model"] = average_states(states, list(paths))
     newest = max(range(len(states)), key=lambda i: (_num_updates(states[i]), i))
     for key in ("optimizer_history", "extra_state"):
@@ -212,30 +319,6 @@ def resolve_inputs(
     return list(inputs)
 
 
-def check_output(output: str, inputs: Sequence[str]) -> None:
-    """Refuse, before any work, an output that would overwrite an input or a checkpoint fairseq-train writes or
-    resumes from, or that cannot be written."""
-    real = os.path.realpath(output)
-    for path in inputs:
-        if os.path.realpath(path) == real:
-            raise AverageError(f"--output {output} is one of the inputs: it would be overwritten; choose another name")
-    if FAIRSEQ_NAME_RE.match(os.path.basename(output)):
-        raise AverageError(f"--output {output}: fairseq-train writes and resumes from files named like this "
-                           f"(checkpoint_last.pt, checkpoint_best.pt, checkpoint<E>.pt, checkpoint_<E>_<U>.pt); "
-                           f"a resumed run would start from the average without optimizer state. Choose another "
-                           f"name, e.g. avg_last5.pt")
-    if os.path.isdir(output):
-        raise AverageError(f"--output {output} is a directory; give a file name, e.g. {os.path.join(output, 'avg.pt')}")
-    parent = os.path.dirname(os.path.abspath(output))
-    existing = parent
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise AverageError(f"--output {output}: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise AverageError(f"--output {output}: directory {existing} is not writable")
-
-
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fairseq-admin-average",
@@ -261,9 +344,12 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> str:
     args = get_parser().parse_args(argv)
+    import fairseq_admin
+
+    fairseq_admin.register()  # the plugin's architectures, to check checkpoints' configs (not at import: __init__.py)
     paths = resolve_inputs(args.inputs, args.num_epoch_checkpoints, args.num_update_checkpoints,
                            args.checkpoint_upper_bound)
-    check_output(args.output, paths)
+    output_safety.check_output(args.output, paths, "--output")  # an input, a name fairseq-train resumes from, ...
     print(f"[average] averaging {len(paths)} checkpoint(s):", flush=True)
     for path in paths:
         print(f"[average]   {path}", flush=True)
@@ -276,7 +362,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
 def cli_main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         main(argv)
-    except AverageError as exc:
+    except (AverageError, output_safety.OutputPathError) as exc:
         print(f"fairseq-admin-average: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -22,6 +22,8 @@ import time
 
 import torch
 
+from fairseq_admin import output_safety
+
 USAGE_EXAMPLE = __doc__.split("\n\n")[1]
 
 
@@ -95,33 +97,36 @@ def check_args(args):
     if args.vocab_size < 10:
         raise DiagnoseError("--vocab-size must be >= 10")
     if args.out_json:
-        check_output_path(args.out_json, "--out-json", want_dir=False)
+        data_files = [os.path.join(args.data, name) for name in os.listdir(args.data)] if args.data else []
+        check_output_path(args.out_json, "--out-json", want_dir=False, inputs=data_files)
     if args.plot_dir:
-        check_output_path(args.plot_dir, "--plot-dir", want_dir=True)
-        if importlib.util.find_spec("matplotlib") is None:
+        if importlib.util.find_spec("matplotlib") is None:  # before the directory is created: nothing left behind
             raise DiagnoseError("--plot-dir needs matplotlib, an optional dependency: "
                                 "pip install 'fairseq_admin[plots]'")
+        check_output_path(args.plot_dir, "--plot-dir", want_dir=True)
 
 
-def check_output_path(path, option, want_dir):
-    """Before any work: ``path`` can be written as a file (``want_dir``: created as a directory)."""
-    if want_dir and os.path.exists(path) and not os.path.isdir(path):
-        raise DiagnoseError(f"{option} {path} is a file, not a directory")
-    if not want_dir and os.path.isdir(path):
-        raise DiagnoseError(f"{option} {path} is a directory; give a file name, e.g. {os.path.join(path, 'diag.json')}")
-    existing = os.path.abspath(path if want_dir else os.path.dirname(os.path.abspath(path)))
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise DiagnoseError(f"{option} {path}: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise DiagnoseError(f"{option} {path}: {existing} is not writable")
+def check_output_path(path, option, want_dir, inputs=()):
+    """Before any work: ``path`` can be written as a file that is none of ``inputs`` (``want_dir``: a directory to
+    write files into, created if missing); the rules are fairseq_admin.output_safety's."""
+    try:
+        if want_dir:
+            output_safety.check_output_directory(path, option)
+        else:
+            output_safety.check_output(path, inputs, option)
+    except output_safety.OutputPathError as e:
+        raise DiagnoseError(str(e)) from None
 
 
 def fairseq_args(args, scheme, depth, rest):
     from fairseq import options
 
     parser = options.get_training_parser()
+
+    def refuse(message):  # argparse would print its usage and exit 2: one line instead
+        raise DiagnoseError(f"{message} (the arguments fairseq-admin-diagnose does not know go to fairseq's parser)")
+
+    parser.error = refuse
     argv = [args.data or "/nonexistent-data", "--task", "admin_translation", "--arch", f"{scheme}_{args.arch}",
             "--encoder-layers", str(depth), "--decoder-layers", str(depth), "--seed", str(args.seed), *rest]
     return options.parse_args_and_arch(parser, argv)
@@ -253,7 +258,8 @@ def make_plots(results, schemes, depths, plot_dir, caption=""):
         handles, labels = fig.axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside right center", fontsize=7)
         path = os.path.join(plot_dir, name)
-        fig.savefig(path, dpi=80)
+        with output_safety.atomic_write(path, "wb") as f:  # a failed run keeps the previous plot
+            fig.savefig(f, format="png", dpi=80)
         plt.close(fig)
         written.append(path)
 
@@ -331,9 +337,14 @@ def table(results):
 
 
 def main(argv=None):
+    import fairseq_admin
+
+    fairseq_admin.register()  # the plugin's models and options (fairseq_admin/__init__.py: not at import)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     check_args(args)
+    for scheme in args.scheme_list:  # fairseq's parser refuses a bad argument now, not after the first scheme's work
+        fairseq_args(args, scheme, args.layer_list[0], rest)
     torch.set_num_threads(args.threads)
     if args.data:
         task, sample = data_task_and_sample(args, rest)
@@ -355,11 +366,10 @@ def main(argv=None):
             print(f"[diagnose] {scheme} {depth}L done in {time.time() - start:.1f}s", flush=True)
     print(table(results))
     if args.out_json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out_json)), exist_ok=True)
         config = {k: v for k, v in vars(args).items() if k not in ("scheme_list", "layer_list")}
         config.update(schemes=args.scheme_list, layers=args.layer_list, fairseq_args=rest, batch=source,
                       ntokens=sample["ntokens"], torch=torch.__version__)
-        with open(args.out_json, "w") as f:
+        with output_safety.atomic_write(args.out_json) as f:
             json.dump({"config": config, "definitions": DEFINITIONS, "results": results}, f, indent=1)
         print(f"[diagnose] wrote {args.out_json}")
     if args.plot_dir:

@@ -11,7 +11,13 @@ b. the papers' tokenized BLEU (fairseq/Admin ``compound_split_bleu.sh`` / ``get_
    (``perl -ple 's{(\\S)-(\\S)}{$1 ##AT##-##AT## $2}g'``), then corpus BLEU on the tokens (``tokenize='none'``, no
    smoothing: what ``multi-bleu.perl`` computes).
 
-Everything goes to a JSON file.
+With ``--choose-on-valid``, between (1) and (2) the checkpoints (``checkpoint_best.pt`` or the average) and the length
+penalty are chosen by sacreBLEU on the validation set (:mod:`fairseq_admin.choose_on_valid`); (2)-(4) then translate
+and score the test set once, with that choice.
+
+Everything goes to a JSON file. Every file it writes (the JSON, the generate output, the hypotheses, the average) is
+checked before any work, is never one of the inputs (checkpoints, data, model, reference), and is written atomically
+(:mod:`fairseq_admin.output_safety`).
 """
 from __future__ import annotations
 
@@ -23,7 +29,11 @@ import shlex
 import shutil
 import subprocess
 import sys
-from typing import Dict, List, Optional, Sequence
+import time
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+from fairseq_admin import output_safety
+from fairseq_admin import choose_on_valid
 
 PAIR_DEFAULTS = {  # the Admin paper's decoding and tokenized-BLEU settings
     "en-de": {"beam": 4, "lenpen": 0.6, "aggressive_dash": True, "compound_split": True},
@@ -124,7 +134,8 @@ def sacrebleu_score(hyps: Sequence[str], refs: Sequence[str]) -> Dict:
         raise EvaluationError(f"{len(hyps)} hypotheses but {len(refs)} references")
     metric = BLEU()
     score = metric.corpus_score(list(hyps), [list(refs)])
-    return {"score": score.score, "text": str(score), "signature": str(metric.get_signature())}
+    return {"score": score.score, "text": str(score), "signature": str(metric.get_signature()),
+            "length_ratio": score.sys_len / score.ref_len if score.ref_len else 0.0}
 
 
 def load_hypotheses_and_references(gen_out: str, spm_model: str, ref: str, subset: str = "test"):
@@ -187,13 +198,18 @@ def _tool(name: str) -> str:
 
 def _run(cmd: List[str], stdout_path: Optional[str] = None) -> None:
     log("$ " + " ".join(shlex.quote(c) for c in cmd) + (f" > {stdout_path}" if stdout_path else ""))
-    if stdout_path:
-        with open(stdout_path, "w", encoding="utf-8") as out:
+    if stdout_path:  # replaced only by the output of a run that succeeded (a failed one keeps the previous file)
+        with output_safety.atomic_write(stdout_path) as out:
             proc = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
+            _check_status(cmd, proc)
     else:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if proc.stdout:
             sys.stdout.write(proc.stdout)
+        _check_status(cmd, proc)
+
+
+def _check_status(cmd: List[str], proc: subprocess.CompletedProcess) -> None:
     if proc.returncode != 0:
         err = (proc.stderr or proc.stdout or "").strip().splitlines()
         tail = "\n".join(err[-15:])
@@ -230,6 +246,19 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-aggressive-dash", action="store_true",
                    help="tokenized BLEU without Moses -a (get_ende_bleu.sh style) instead of with it (de-en never "
                         "uses -a)")
+    g = p.add_argument_group(
+        "choosing on the validation set",
+        "--choose-on-valid translates --valid-subset with checkpoint_best.pt and (N > 1) the average of the last "
+        "--num-checkpoints N, once each (--nbest BEAM serves every length penalty: fairseq_admin/choose_on_valid.py), "
+        "scores every length penalty of --grid-lenpens by sacreBLEU against --valid-ref, prints the grid, takes the "
+        "best cell (ties: checkpoint_best.pt before the average, then the earlier length penalty) and only then "
+        "translates --subset once with it. The test set is never used to choose.")
+    g.add_argument("--choose-on-valid", action="store_true",
+                   help="choose the checkpoints and the length penalty on the validation set (excludes --lenpen)")
+    g.add_argument("--valid-subset", default="valid", help="binarized subset to choose on (default valid)")
+    g.add_argument("--valid-ref", default=None, metavar="FILE", help="raw reference of --valid-subset (required)")
+    g.add_argument("--grid-lenpens", default=",".join(f"{v:g}" for v in choose_on_valid.DEFAULT_LENPENS),
+                   metavar="A,B,...", help="the length penalties of the grid, in tie order (default %(default)s)")
     return p
 
 
@@ -242,6 +271,132 @@ def split_generate_args(text: str) -> List[str]:
                               f"--generate-args '--max-len-b 50')") from None
 
 
+def check_spm_model(path: str) -> None:
+    """Load the sentencepiece model before any work: a file that is not one (a vocabulary, a checkpoint) was found
+    out only when the hypotheses were decoded, after the whole translation, as a traceback."""
+    import sentencepiece as spm
+
+    try:
+        spm.SentencePieceProcessor(model_file=path)
+    except (OSError, RuntimeError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise EvaluationError(f"--spm {path} is not a sentencepiece model ({reason})") from None
+
+
+def generate_command(args: argparse.Namespace, model_path: str, subset: str, beam: int, lenpen: float,
+                     extra: Sequence[str] = ()) -> List[str]:
+    """The ``fairseq-generate`` command that translates ``subset`` of ``--data`` with ``model_path``."""
+    src, tgt = args.pair.split("-")
+    user_dir = args.user_dir or default_user_dir()
+    cmd = [_tool("fairseq-generate"), args.data, "--path", model_path, "--user-dir", user_dir,
+           "--source-lang", src, "--target-lang", tgt, "--gen-subset", subset,
+           "--beam", str(beam), "--lenpen", str(lenpen), "--max-tokens", str(args.max_tokens),
+           # fairseq's compiled batch_by_size (ve-fairseq 0.12.3) drops the last len % multiple sentences
+           # when --required-batch-size-multiple > 1 (default 8): translate every sentence.
+           "--required-batch-size-multiple", "1"]
+    if args.cpu:
+        cmd.append("--cpu")
+    return cmd + list(extra)
+
+
+# fairseq-generate options that would break the re-ranking of one n-best list by each length penalty (module
+# docstring of fairseq_admin/choose_on_valid.py: the list must hold all --beam finished hypotheses of plain beam
+# search) or override the choice in the test translation
+_GRID_CONFLICTS = ("--beam", "--lenpen", "--nbest", "--unnormalized", "--sampling", "--diverse-beam-groups",
+                   "--diversity-rate", "--match-source-len", "--prefix-size")
+
+
+class ValidGrid(NamedTuple):
+    """What ``--choose-on-valid`` translates: each candidate ``(label, checkpoints, model path, generate output)``
+    once, scored at every length penalty."""
+
+    subset: str
+    reference: str
+    lenpens: List[float]
+    candidates: List[Tuple[str, List[str], str, str]]
+
+
+def plan_valid_grid(args: argparse.Namespace, ckpts: List[str], model_path: str, workdir: str, stem: str,
+                    generate_extra: Sequence[str], outputs: Sequence[Tuple[str, Optional[str]]],
+                    inputs: Sequence[str]) -> ValidGrid:
+    """The grid of ``--choose-on-valid``, every option and file checked before any work: ``checkpoint_best.pt``,
+    then (when ``ckpts`` are several) their average at ``model_path``, x ``--grid-lenpens``. ``outputs`` and
+    ``inputs``: the test evaluation's, checked again with the grid's own."""
+    src, tgt = args.pair.split("-")
+    if args.lenpen is not None:
+        raise EvaluationError("--lenpen and --choose-on-valid exclude each other: the validation set chooses the "
+                              "length penalty among --grid-lenpens")
+    conflicts = [a.split("=")[0] for a in generate_extra if a.split("=")[0] in _GRID_CONFLICTS]
+    if conflicts:
+        raise EvaluationError(f"--generate-args {conflicts[0]} and --choose-on-valid exclude each other (the grid "
+                              f"sets the length penalty; one n-best list of all --beam hypotheses serves every length "
+                              f"penalty only in plain beam search; give the beam as --beam)")
+    try:
+        lenpens = choose_on_valid.parse_float_list(args.grid_lenpens, "--grid-lenpens")
+    except ValueError as exc:
+        raise EvaluationError(str(exc)) from None
+    if not args.valid_ref:
+        raise EvaluationError("--choose-on-valid needs --valid-ref: the raw reference of --valid-subset")
+    if not os.path.isfile(args.valid_ref):
+        raise EvaluationError(f"--valid-ref {args.valid_ref} not found")
+    if args.valid_subset == args.subset or os.path.realpath(args.valid_ref) == os.path.realpath(args.ref):
+        raise EvaluationError(f"--valid-subset/--valid-ref name the evaluated set ({args.subset}, {args.ref}): the "
+                              f"choice is made on another set, never on the one reported")
+    binarized = [os.path.join(args.data, f"{args.valid_subset}.{a}-{b}.{src}.idx") for a, b in ((src, tgt), (tgt, src))]
+    if not any(os.path.isfile(p) for p in binarized):
+        raise EvaluationError(f"--data {args.data} has no binarized {args.valid_subset!r} subset ({binarized[0]})")
+    best = select_checkpoints(args.checkpoints, 1)
+    candidates = [(choose_on_valid.checkpoints_label(1), best, best[0])]
+    if len(ckpts) > 1:
+        candidates.append((choose_on_valid.checkpoints_label(len(ckpts)), ckpts, model_path))
+    candidates = [(label, c, path, os.path.join(workdir, f"{stem}.generate-{args.valid_subset}.{label}.txt"))
+                  for label, c, path in candidates]
+    output_safety.check_outputs([*outputs, *((f"--workdir (generate output, {args.valid_subset} {label})", gen)
+                                            for label, _, _, gen in candidates)],
+                                [*inputs, *best, args.valid_ref])
+    return ValidGrid(args.valid_subset, args.valid_ref, lenpens, candidates)
+
+
+def run_valid_grid(grid: ValidGrid, args: argparse.Namespace, beam: int, generate_extra: Sequence[str]) -> Dict:
+    """Translate the validation set once per candidate (``--nbest BEAM``), score every length penalty, print the
+    grid and return it with the choice (:func:`fairseq_admin.choose_on_valid.choose`). The test set is not read."""
+    refs = read_lines_like_sacrebleu(grid.reference)
+    cells, translations, began = [], {}, time.time()
+    for label, ckpts, model_path, gen_out in grid.candidates:
+        log(f"validation: {grid.subset} with {label} ({model_path}), beam {beam}, --nbest {beam}: every length "
+            f"penalty of {', '.join(map(str, grid.lenpens))} from one translation")
+        started = time.time()
+        # generated at lenpen 1; the n-best list is the same at every lenpen (choose_on_valid's docstring)
+        _run(generate_command(args, model_path, grid.subset, beam, 1.0, [*generate_extra, "--nbest", str(beam)]),
+             stdout_path=gen_out)
+        translations[label] = {"checkpoints": [os.path.abspath(c) for c in ckpts],
+                               "model_path": os.path.abspath(model_path), "generate_output": os.path.abspath(gen_out),
+                               "seconds": round(time.time() - started, 1)}
+        with open(gen_out, encoding="utf-8") as f:
+            try:
+                nbest = choose_on_valid.parse_nbest(f, generated_lenpen=1.0)
+            except ValueError as exc:
+                raise EvaluationError(f"{gen_out}: {exc}") from None
+        if len(nbest) != len(refs):
+            raise EvaluationError(f"fairseq-generate translated {len(nbest)} sentences of {grid.subset!r} but "
+                                  f"--valid-ref {grid.reference} has {len(refs)} lines: is it that subset's reference?")
+        for lenpen in grid.lenpens:
+            hyps = spm_decode(choose_on_valid.rerank(nbest, lenpen), args.spm)
+            sb = sacrebleu_score(hyps, refs)
+            cells.append(choose_on_valid.Cell(label, lenpen, sb["score"], sb["length_ratio"], sb["text"]))
+    chosen = choose_on_valid.choose(cells)
+    seconds = round(time.time() - began, 1)
+    log(f"validation grid ({grid.subset}, {len(refs)} sentences, beam {beam}; {seconds:g} s; best: "
+        f"checkpoint_best.pt, avgN: the last N checkpoints averaged):")
+    for line in choose_on_valid.format_grid(cells, chosen, grid.subset):
+        print("  " + line)
+    log(f"chosen on {grid.subset}: {chosen.checkpoints}, lenpen {chosen.lenpen} (sacreBLEU {chosen.sacrebleu:.2f}; "
+        f"exact ties go to the earlier cell)")
+    return {"subset": grid.subset, "reference_file": os.path.abspath(grid.reference), "sentences": len(refs),
+            "beam": beam, "grid": [c.as_dict() for c in cells], "choice": chosen.as_dict(),
+            "tie_order": choose_on_valid.TIE_ORDER, "translations": translations, "seconds": seconds}
+
+
 def evaluate(args: argparse.Namespace) -> Dict:
     generate_extra = split_generate_args(args.generate_args)  # before any work
     src, tgt = args.pair.split("-")
@@ -249,43 +404,48 @@ def evaluate(args: argparse.Namespace) -> Dict:
     lenpen = args.lenpen if args.lenpen is not None else PAIR_DEFAULTS[args.pair]["lenpen"]
     out_json = args.out or os.path.join(args.checkpoints, f"eval-{args.subset}.json")
     workdir = args.workdir or os.path.dirname(os.path.abspath(out_json))
-    os.makedirs(workdir, exist_ok=True)
     for path, what in ((args.data, "--data"), (args.checkpoints, "--checkpoints")):
         if not os.path.isdir(path):
             raise EvaluationError(f"{what} {path} is not a directory")
     for path, what in ((args.spm, "--spm"), (args.ref, "--ref")):
         if not os.path.isfile(path):
             raise EvaluationError(f"{what} {path} not found")
+    check_spm_model(args.spm)
     stem = os.path.splitext(os.path.basename(out_json))[0]
+    ckpts = select_checkpoints(args.checkpoints, args.num_checkpoints, args.average_by)  # file names only
+    model_path = ckpts[0] if len(ckpts) == 1 else os.path.join(workdir, f"{stem}.avg{len(ckpts)}.pt")
+    gen_out = os.path.join(workdir, f"{stem}.generate-{args.subset}.txt")
+    hyp_file = os.path.join(workdir, f"{stem}.hyp.detok.{tgt}")
+    # every file written, before any work: none may be an input (--out naming the checkpoint turned it into JSON),
+    # a directory, or unwritable; the workdir is created here (output_safety)
+    inputs = [*ckpts, args.spm, args.ref, *(os.path.join(args.data, name) for name in os.listdir(args.data))]
+    output_safety.check_outputs([("--out", out_json), ("--workdir (generate output)", gen_out),
+                                 ("--workdir (hypotheses)", hyp_file),
+                                 ("--workdir (average)", model_path if len(ckpts) > 1 else None)], inputs)
+    grid = plan_valid_grid(args, ckpts, model_path, workdir, stem, generate_extra,
+                           [("--out", out_json), ("--workdir (generate output)", gen_out),
+                            ("--workdir (hypotheses)", hyp_file)], inputs) if args.choose_on_valid else None
 
     log(f"step 1/4: checkpoints (last {args.num_checkpoints} of {args.checkpoints})")
-    ckpts = select_checkpoints(args.checkpoints, args.num_checkpoints, args.average_by)
     if len(ckpts) == 1:
-        model_path = ckpts[0]
         log(f"using {model_path}")
     else:
-        model_path = os.path.join(workdir, f"{stem}.avg{len(ckpts)}.pt")
         _run([sys.executable, "-m", "fairseq_admin.cli.average_checkpoints", "--inputs", *ckpts,
               "--output", model_path])
+    chosen_on_valid = None
+    if grid is not None:  # the choice, on the validation set; the test set is translated after it, once
+        chosen_on_valid = run_valid_grid(grid, args, beam, generate_extra)
+        _, ckpts, model_path, _ = next(c for c in grid.candidates if c[0] == chosen_on_valid["choice"]["checkpoints"])
+        lenpen = chosen_on_valid["choice"]["lenpen"]
+        log(f"using the choice: {model_path}, lenpen {lenpen}")
 
     log(f"step 2/4: fairseq-generate on {args.subset} (beam {beam}, lenpen {lenpen})")
-    user_dir = args.user_dir or default_user_dir()
-    gen_out = os.path.join(workdir, f"{stem}.generate-{args.subset}.txt")
-    gen_cmd = [_tool("fairseq-generate"), args.data, "--path", model_path, "--user-dir", user_dir,
-               "--source-lang", src, "--target-lang", tgt, "--gen-subset", args.subset,
-               "--beam", str(beam), "--lenpen", str(lenpen), "--max-tokens", str(args.max_tokens),
-               # fairseq's compiled batch_by_size (ve-fairseq 0.12.3) drops the last len % multiple sentences
-               # when --required-batch-size-multiple > 1 (default 8): translate every sentence.
-               "--required-batch-size-multiple", "1"]
-    if args.cpu:
-        gen_cmd.append("--cpu")
-    gen_cmd += generate_extra
+    gen_cmd = generate_command(args, model_path, args.subset, beam, lenpen, generate_extra)
     _run(gen_cmd, stdout_path=gen_out)
 
     log("step 3/4: hypotheses (H-<id> in sentence order), sentencepiece-decoded")
     hyps, refs = load_hypotheses_and_references(gen_out, args.spm, args.ref, args.subset)
-    hyp_file = os.path.join(workdir, f"{stem}.hyp.detok.{tgt}")
-    with open(hyp_file, "w", encoding="utf-8", newline="\n") as f:
+    with output_safety.atomic_write(hyp_file) as f:
         f.writelines(h + "\n" for h in hyps)
     log(f"{len(hyps)} hypotheses -> {hyp_file}")
 
@@ -321,7 +481,9 @@ def evaluate(args: argparse.Namespace) -> Dict:
         "num_hypotheses": len(hyps),
         "num_references": len(refs),
     }
-    with open(out_json, "w", encoding="utf-8") as f:
+    if chosen_on_valid is not None:
+        result["chosen_on_valid"] = chosen_on_valid  # the grid, each cell's validation BLEU, and the choice
+    with output_safety.atomic_write(out_json) as f:
         json.dump(result, f, indent=2, ensure_ascii=False)
         f.write("\n")
     log(f"wrote {out_json}")
@@ -332,7 +494,7 @@ def cli_main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     try:
         evaluate(args)
-    except EvaluationError as exc:
+    except (EvaluationError, output_safety.OutputPathError) as exc:
         print(f"fairseq-admin-evaluate: error: {exc}", file=sys.stderr)
         return 2
     return 0

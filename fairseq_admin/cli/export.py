@@ -38,6 +38,8 @@ What each scheme becomes
 * ``b2t``: out = LN(x + h + FFN(h)) has no stock equivalent (fairseq's layer cannot add its input before the last
   LayerNorm); it is refused. Its tensor names equal fairseq's, so a renamed B2T checkpoint would load into fairseq's
   Transformer and translate wrongly without an error: never rename one by hand.
+* ``lns``, ``resi_dual``, ``mix_ln``, ``peri_ln``: see fairseq_admin/cli/export_field_schemes.py (LayerNorm Scaling's
+  1/√l folded into each pre-norm's γ and β gives stock Pre-LN exactly; the other three are refused).
 
 The config is stored so the safe loader reads it without the plugin: ``args`` is None and ``cfg`` holds plain dicts
 and primitives; ``cfg["model"]`` is a ``collections.OrderedDict`` carrying the same values as items (what fairseq's
@@ -46,10 +48,14 @@ and primitives; ``cfg["model"]`` is a ``collections.OrderedDict`` carrying the s
 Its keys are exactly those fairseq's own parser knows for ``--task translation --arch <the fairseq arch>`` and the
 checkpoint's stock optimizer, criterion, scheduler, bpe and tokenizer: every option a plugin adds is dropped, whatever
 its name, and a stock option missing from the checkpoint gets fairseq's default. The other groups of ``cfg`` keep only
-the fields of fairseq's dataclasses; a group naming a registry entry of a plugin (``--optimizer radam``) becomes None.
+the fields of fairseq's dataclasses (a stock optimizer, criterion, ...: its entry's dataclass); a group naming a
+registry entry of a plugin (``--optimizer radam``) becomes None. The config is built from these lists, never copied,
+and every field fairseq evaluates as Python is validated again in the output (fairseq_admin/config_validation.py;
+the input was validated when it was read).
 
 Settings kept: dimensions, shared embeddings (unless the fold must untie them, above), normalize-before flags,
-positions, dictionaries (``--data`` records where they are; its dict.*.txt must match the embedding sizes),
+positions, dictionaries (``--data`` records where they are; its dict.*.txt must match the embedding sizes and the
+symbols the checkpoint was trained on, see :func:`check_dictionaries`),
 ``--sentencepiece-model`` (recorded as ``--bpe sentencepiece``). The optimizer state is dropped. The file is written
 atomically and byte for byte the same for the same input (the archive is written in memory, so no temporary name ends
 up in it).
@@ -65,7 +71,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from fairseq_admin import checkpoint_safety
+from fairseq_admin import checkpoint_safety, config_validation, dictionary_checksum, output_safety
+from fairseq_admin.cli import export_field_schemes
 
 SUBLAYERS = {"encoder": ("self_attn", "ffn"), "decoder": ("self_attn", "cross_attn", "ffn")}
 #: the LayerNorm after each sublayer (Post-LN), whose output the next sublayer reads
@@ -74,7 +81,7 @@ OUTPUT_LAYER_NORM = {"self_attn": "self_attn_layer_norm", "cross_attn": "encoder
 #: the projections that read a sublayer's input x (the shortcut's stream)
 INPUT_READERS = {"self_attn": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
                  "cross_attn": ("encoder_attn.q_proj",), "ffn": ("fc1",)}
-FOLDABLE = ("postln", "preln", "admin", "deepnorm")
+FOLDABLE = ("postln", "preln", "admin", "deepnorm", "lns")
 PRIMITIVES = (type(None), bool, int, float, str)
 
 
@@ -89,6 +96,8 @@ def scheme_of(model_cfg: Dict[str, Any]) -> str:
         raise ExportError("b2t cannot be exported: its bottom-to-top shortcut out = LN(x + h + FFN(h)) has no "
                           "equivalent in fairseq's Transformer (and renaming its tensors would load and translate "
                           "wrongly)")
+    if export_field_schemes.refusal(scheme):
+        raise ExportError(export_field_schemes.refusal(scheme))
     if scheme not in FOLDABLE:
         raise ExportError(f"unknown residual scheme {scheme!r} in the checkpoint; can export {', '.join(FOLDABLE)}")
     return scheme
@@ -98,7 +107,7 @@ def shortcut_weights(scheme: str, model_cfg: Dict[str, Any], weights: Dict[str, 
                      num_layers: int, dim: int) -> List[Dict[str, torch.Tensor]]:
     """ω of every sublayer, ``[layer][sublayer name]`` -> float64 vector of size ``dim`` (all ones: nothing to fold)."""
     ones = torch.ones(dim, dtype=torch.float64)
-    if scheme in ("postln", "preln"):
+    if scheme in ("postln", "preln", "lns"):  # lns: its constants are folded by export_field_schemes.fold
         return [{name: ones for name in SUBLAYERS[stack]} for _ in range(num_layers)]
     if scheme == "deepnorm":
         from fairseq_admin.schemes.deepnorm import deepnorm_constants
@@ -279,6 +288,15 @@ def _dataclass_fields(dc) -> Dict[str, Any]:
     return values
 
 
+def _registry_fields(registry: str, given: Dict[str, Any]) -> Dict[str, Any]:
+    """A registry group (``optimizer``, ``criterion``, ...) restricted to the fields of its entry's dataclass."""
+    from fairseq.registry import REGISTRIES
+
+    dataclass = REGISTRIES[registry]["dataclass_registry"].get(given["_name"])
+    fields = _dataclass_fields(dataclass) if dataclass is not None else {}
+    return {"_name": given["_name"], **{k: given.get(k, v) for k, v in fields.items()}}
+
+
 def stock_cfg(cfg: Dict[str, Any], model: Dict[str, Any], data: str) -> Dict[str, Any]:
     """The top-level ``cfg`` with fairseq's own groups only: dataclass groups keep their dataclass's fields, the task
     becomes ``translation``, registry groups of a plugin's entry become None, ``model`` is ``model``."""
@@ -295,8 +313,8 @@ def stock_cfg(cfg: Dict[str, Any], model: Dict[str, Any], data: str) -> Dict[str
             task = {k: (given or {}).get(k, v) for k, v in _dataclass_fields(TranslationConfig).items()}
             task["data"] = data
             out["task"] = {**task, "_name": "translation"}
-        elif f.name in REGISTRIES:
-            out[f.name] = given if given is not None and _is_stock(f.name, given.get("_name")) else None
+        elif f.name in REGISTRIES:  # a stock entry keeps the fields of its dataclass only
+            out[f.name] = _registry_fields(f.name, given) if given and _is_stock(f.name, given.get("_name")) else None
         elif dataclasses.is_dataclass(f.type) and isinstance(given, dict):
             fields = _dataclass_fields(f.type)
             out[f.name] = {k: given.get(k, v) for k, v in fields.items()}
@@ -383,7 +401,7 @@ def export_state(state: Dict[str, Any], path: str = "<checkpoint>", data: Option
         for option in ("cross_self_attention", "adaptive_input", "encoder_layers_to_keep", "decoder_layers_to_keep"):
             if model_cfg.get(option):
                 raise ExportError(f"--{option.replace('_', '-')} is not supported by the {scheme} fold")
-    weights = state["model"]
+    weights = export_field_schemes.fold(scheme, state["model"], model_cfg)
 
     folder = Folder(weights, model_cfg)
     for stack in ("encoder", "decoder"):
@@ -403,7 +421,7 @@ def export_state(state: Dict[str, Any], path: str = "<checkpoint>", data: Option
     if sentencepiece_model:
         base.update(bpe="sentencepiece", sentencepiece_model=os.path.abspath(sentencepiece_model))
     model = stock_model_cfg(base, stock_arch(arch, scheme), data)
-    normalize_before = scheme == "preln"
+    normalize_before = export_field_schemes.stock_layout(scheme) == "preln"
     model.update(encoder_normalize_before=normalize_before, decoder_normalize_before=normalize_before, data=data)
     model.update(folder.config_changes)
     model = namespace_dict(_primitive_tree(model, "cfg.model"))
@@ -414,6 +432,10 @@ def export_state(state: Dict[str, Any], path: str = "<checkpoint>", data: Option
                       "sentencepiece_enable_sampling": False, "sentencepiece_alpha": None}
     cfg = {k: (v if k == "model" else _primitive_tree(v, f"cfg.{k}")) for k, v in cfg.items()}
     check_stock(cfg)
+    try:  # every field fairseq evaluates, re-validated in what stock fairseq and CTranslate2 will read
+        config_validation.check_checkpoint_config({"cfg": cfg})
+    except config_validation.ConfigError as exc:
+        raise ExportError(f"the exported config would not be safe to load: {exc}") from None
 
     last = (state.get("optimizer_history") or [{}])[-1]
     out = {
@@ -430,20 +452,28 @@ def export_state(state: Dict[str, Any], path: str = "<checkpoint>", data: Option
     lines = [f"{scheme} -> fairseq transformer (--arch {model.arch}, task translation)"]
     if scheme in ("admin", "deepnorm"):
         lines.append("shortcut weights folded into the LayerNorms and the q/k/v, q (cross-attention) and fc1 inputs")
-    lines += folder.notes
+    lines += export_field_schemes.notes(scheme) + folder.notes
     if folder.added_parameters:
         lines.append(f"size cost of the first sublayer's ω: +{folder.added_parameters:,} parameters "
                      f"(+{100 * folder.added_parameters / max(total, 1):.1f}%)")
     return out, lines
 
 
-def check_dictionaries(data: str, model_cfg: Dict[str, Any], weights: Dict[str, torch.Tensor]) -> None:
-    """``data`` holds dict.SRC.txt and dict.TGT.txt whose sizes match the embedding tables."""
+def check_dictionaries(data: str, model_cfg: Dict[str, Any], weights: Dict[str, torch.Tensor],
+                       state: Optional[Dict[str, Any]] = None) -> List[str]:
+    """``data`` holds dict.SRC.txt and dict.TGT.txt whose sizes match the embedding tables and whose symbols are those
+    the checkpoint was trained on: their checksums (fairseq_admin/dictionary_checksum.py) against those recorded at
+    training time, else against the dictionaries of the data-bin the checkpoint names, when it still exists. Without
+    either only the sizes can be compared, and the returned line says so."""
     from fairseq.data import Dictionary
 
     if not os.path.isdir(data):
         raise ExportError(f"--data {data}: no such directory")
     langs = (model_cfg.get("source_lang"), model_cfg.get("target_lang"))
+    if None in langs:  # the pair fairseq's translation task infers from the data-bin's file names
+        from fairseq.data.data_utils import infer_language_pair
+
+        langs = tuple(infer_language_pair(data))
     if None in langs:
         found = sorted(n[5:-4] for n in os.listdir(data) if n.startswith("dict.") and n.endswith(".txt"))
         if len(found) != 2:
@@ -459,6 +489,15 @@ def check_dictionaries(data: str, model_cfg: Dict[str, Any], weights: Dict[str, 
         if size != rows:
             raise ExportError(f"--data {data}: {path} has {size} symbols but the {stack} embedding has {rows} "
                               f"rows: not this model's dictionaries")
+    expected, origin = dictionary_checksum.of_checkpoint(state) if state is not None else (None, "no checkpoint")
+    if expected is None:
+        return [f"--data {data}: dictionaries compared by size only ({origin})"]
+    wrong = dictionary_checksum.differences(expected, dictionary_checksum.of_data_bin(data, langs) or {})
+    if wrong:
+        raise ExportError(f"--data {data}: its {' and '.join(wrong)} dictionary has the right size but other symbols "
+                          f"than the one the checkpoint was trained on (sha256 of the symbols, {origin}): not this "
+                          f"model's dictionaries")
+    return [f"--data {data}: dictionaries are the checkpoint's ({origin})"]
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -468,7 +507,9 @@ def get_parser() -> argparse.ArgumentParser:
                     "transformer with the same outputs, loadable without --user-dir and by ct2-fairseq-converter.")
     parser.add_argument("--checkpoint", required=True, metavar="IN.pt", help="checkpoint written by fairseq-train "
                                                                               "with this plugin")
-    parser.add_argument("--out", required=True, metavar="OUT.pt", help="the stock fairseq checkpoint to write")
+    parser.add_argument("--out", required=True, metavar="OUT.pt",
+                        help="the stock fairseq checkpoint to write (atomically; missing directories are created); "
+                             "neither an input nor a name fairseq-train resumes from (checkpoint_last.pt, ...)")
     parser.add_argument("--data", metavar="DATA_BIN", help="data-bin with the model's dict.*.txt, recorded in the "
                                                            "config (default: the path the checkpoint was trained on)")
     parser.add_argument("--sentencepiece-model", metavar="SPM.model", help="recorded as --bpe sentencepiece")
@@ -479,23 +520,25 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
     args = get_parser().parse_args(argv)
     if not os.path.isfile(args.checkpoint):
         raise ExportError(f"--checkpoint {args.checkpoint}: no such file")
-    if os.path.abspath(args.out) == os.path.abspath(args.checkpoint):
-        raise ExportError("--out must differ from --checkpoint")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-        raise ExportError(f"--out {args.out}: directory {os.path.dirname(os.path.abspath(args.out))} does not exist")
     if args.sentencepiece_model and not os.path.isfile(args.sentencepiece_model):
         raise ExportError(f"--sentencepiece-model {args.sentencepiece_model}: no such file")
     if args.data and not os.path.isdir(args.data):
         raise ExportError(f"--data {args.data}: no such directory")
+    # an input (through any symbolic link), checkpoint_last.pt of a save dir, a directory, unwritable: refused now;
+    # missing parent directories are created (output_safety)
+    data_files = [os.path.join(args.data, name) for name in os.listdir(args.data)] if args.data else []
+    output_safety.check_output(args.out, [args.checkpoint, args.sentencepiece_model, *data_files], "--out")
 
-    import fairseq_admin  # noqa: F401  (registers the plugin model and the safe-loading allow-list)
+    import fairseq_admin
+
+    fairseq_admin.register()  # the plugin model and the safe-loading allow-list (fairseq_admin/__init__.py: not at import)
 
     state = checkpoint_safety.load_checkpoint(args.checkpoint)
     model_cfg = _model_cfg_dict(state, args.checkpoint)
     scheme_of(model_cfg)  # b2t and unknown schemes are refused before any work
-    if args.data:
-        check_dictionaries(args.data, model_cfg, state.get("model", {}))
+    checked = check_dictionaries(args.data, model_cfg, state.get("model", {}), state) if args.data else []
     out, lines = export_state(state, args.checkpoint, args.data, args.sentencepiece_model)
+    lines += checked
     checkpoint_safety.save_atomically(out, args.out)
     lines.append(f"wrote {args.out}")
     return lines
@@ -504,7 +547,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
 def cli_main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         lines = main(argv)
-    except (ExportError, checkpoint_safety.CheckpointError, FileNotFoundError) as exc:
+    except (ExportError, checkpoint_safety.CheckpointError, output_safety.OutputPathError, FileNotFoundError) as exc:
         print(f"fairseq-admin-export: error: {exc}", file=sys.stderr)
         return 2
     for line in lines:

@@ -120,6 +120,7 @@ def format_option(action: argparse.Action, arch_defaults: dict, width: int = 100
 
 
 def render(scheme: Optional[str] = None) -> str:
+    fairseq_admin.register()  # the listing reads fairseq's registries (fairseq_admin/__init__.py: not at import)
     lines = [f"fairseq_admin {fairseq_admin.__version__}: the options it adds to fairseq's "
              f"(fairseq-train ... --user-dir {user_dir()})"]
     arch_defaults = _arch_defaults()
@@ -134,6 +135,10 @@ def user_dir() -> str:
 
 
 def cli_main(argv: Optional[Sequence[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv == ["--user-dir"]:  # a path: answered without the parser below, whose --scheme choices import torch
+        print(user_dir())
+        return
     from fairseq_admin.schemes import SCHEMES
 
     parser = argparse.ArgumentParser(

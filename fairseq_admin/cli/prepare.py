@@ -32,8 +32,20 @@ import json
 import os
 import re
 import sys
+import tempfile
 import unicodedata
 from contextlib import ExitStack
+
+if __package__:  # fairseq-admin-prepare, python -m, the tests
+    from fairseq_admin import output_safety
+else:  # data-prep/lib.sh runs this file by path: importing the package would import fairseq (slow) for nothing
+    import importlib.util
+
+    _spec = importlib.util.spec_from_file_location(
+        "fairseq_admin_output_safety", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                    "output_safety.py"))
+    output_safety = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(output_safety)
 
 
 class PrepareError(Exception):
@@ -100,9 +112,16 @@ def write_lines(handle, lines):
 
 
 def open_out(path):
-    """Open an output file for UTF-8 writing with LF newlines, creating its directory."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    return open(path, "w", encoding="utf-8", newline="\n")
+    """A UTF-8, LF output file (its directory created) that replaces ``path`` only when the ``with`` block ends
+    without an error: a failed or interrupted command leaves the previous file (output_safety.atomic_write). Check
+    ``path`` with :func:`check_outputs` before reading any input."""
+    return output_safety.atomic_write(path)
+
+
+def check_outputs(outputs, inputs):
+    """Before any input is read: no output (``(option, path)`` pairs) is an input, a directory or unwritable, and no
+    two are the same file. An output naming an input would be emptied when it is opened, before the input is read."""
+    output_safety.check_outputs(outputs, inputs)
 
 
 # --------------------------------------------------------------------------------------------- normalizing
@@ -169,6 +188,7 @@ def clean_corpus(pairs, src_out, tgt_out, max_len=250, ratio=1.5, filter_pairs=T
     With ``filter_pairs=False`` nothing is dropped (valid/test sets must keep every line so that outputs stay
     aligned with their references); only normalization is applied.
     """
+    check_outputs([("--src-out", src_out), ("--tgt-out", tgt_out)], [path for pair in pairs for path in pair])
     report = {"total": 0, "kept": 0, "dropped": {"empty": 0, "too_long": 0, "ratio": 0}, "inputs": []}
     with open_out(src_out) as fs, open_out(tgt_out) as ft:
         for src_path, tgt_path in pairs:
@@ -186,14 +206,15 @@ def clean_corpus(pairs, src_out, tgt_out, max_len=250, ratio=1.5, filter_pairs=T
             report["inputs"].append(entry)
             report["total"] += entry["total"]
             report["kept"] += entry["kept"]
+        inputs = ", ".join(f"{p[0]} / {p[1]}" for p in pairs)  # refused inside the with: no output is replaced
+        if report["total"] == 0:
+            raise PrepareError(f"{inputs}: no lines (empty files); every split needs at least one sentence pair")
+        if report["kept"] == 0:
+            d = report["dropped"]
+            raise PrepareError(f"{inputs}: every one of the {report['total']} pairs was filtered out (empty "
+                               f"{d['empty']}, too_long {d['too_long']}, ratio {d['ratio']}); nothing is left to "
+                               f"train on")
     report.update(max_len=max_len, ratio=ratio, filtered=filter_pairs, src_out=src_out, tgt_out=tgt_out)
-    inputs = ", ".join(f"{p[0]} / {p[1]}" for p in pairs)
-    if report["total"] == 0:
-        raise PrepareError(f"{inputs}: no lines (empty files); every split needs at least one sentence pair")
-    if report["kept"] == 0:
-        d = report["dropped"]
-        raise PrepareError(f"{inputs}: every one of the {report['total']} pairs was filtered out (empty {d['empty']}, "
-                           f"too_long {d['too_long']}, ratio {d['ratio']}); nothing is left to train on")
     return report
 
 
@@ -233,6 +254,7 @@ def read_sgm(path):
 
 def sgm_to_text(src_sgm, ref_sgm, src_out, ref_out):
     """Extract a source/reference sgm pair to aligned text files; their segment counts must match."""
+    check_outputs([("src_out", src_out), ("ref_out", ref_out)], [src_sgm, ref_sgm])
     src, ref = read_sgm(src_sgm), read_sgm(ref_sgm)
     if len(src) != len(ref):
         raise PrepareError(
@@ -263,22 +285,33 @@ def spm_train(inputs, model_prefix, vocab_size, max_sentences=10_000_000, charac
     for path in inputs:
         if not os.path.isfile(path):
             raise PrepareError(f"{path}: no such file")
+    model, vocab = model_prefix + ".model", model_prefix + ".vocab"
+    check_outputs([("--model-prefix", model), ("--model-prefix", vocab)], inputs)
     if not any(line.strip() for path in inputs for _, line in open_text_lines(path)):
         raise PrepareError(f"{', '.join(inputs)}: no text to train sentencepiece on (the files are empty)")
     spm.set_random_generator_seed(seed)
-    spm.SentencePieceTrainer.train(
-        input=",".join(inputs),
-        model_prefix=model_prefix,
-        vocab_size=vocab_size,
-        model_type="bpe",
-        character_coverage=character_coverage,
-        input_sentence_size=max_sentences,
-        shuffle_input_sentence=True,
-        hard_vocab_limit=False,
-        num_threads=threads,
-        minloglevel=1,
-    )
-    return model_prefix + ".model"
+    # sentencepiece writes PREFIX.model and PREFIX.vocab itself: train into a temporary directory beside them and
+    # move both into place (the model last: data-prep's stage check looks for it), so a failure replaces neither
+    with tempfile.TemporaryDirectory(prefix=".spm-train.", dir=os.path.dirname(os.path.abspath(model))) as tmp:
+        spm.SentencePieceTrainer.train(
+            input=",".join(inputs),
+            model_prefix=os.path.join(tmp, "spm"),
+            vocab_size=vocab_size,
+            model_type="bpe",
+            character_coverage=character_coverage,
+            input_sentence_size=max_sentences,
+            shuffle_input_sentence=True,
+            hard_vocab_limit=False,
+            num_threads=threads,
+            minloglevel=1,
+        )
+        output_safety.move_into_place(os.path.join(tmp, "spm.vocab"), vocab)
+        output_safety.move_into_place(os.path.join(tmp, "spm.model"), model)
+    got = spm.SentencePieceProcessor(model_file=model).get_piece_size()
+    if got < vocab_size:  # hard_vocab_limit=False stops, silently, where the text has no more pieces to merge
+        print(f"fairseq-admin-prepare: warning: spm-train: asked for --vocab-size {vocab_size}, got {got} pieces "
+              f"(all that the training text allows) in {model}", file=sys.stderr, flush=True)
+    return model
 
 
 def spm_encode(model, inputs, outputs, batch=2000):
@@ -290,6 +323,7 @@ def spm_encode(model, inputs, outputs, batch=2000):
 
     if len(inputs) != len(outputs):
         raise PrepareError(f"spm-encode: {len(inputs)} inputs but {len(outputs)} outputs")
+    check_outputs([("--outputs", path) for path in outputs], [model, *inputs])
     check_lines(inputs)
     sp = spm.SentencePieceProcessor(model_file=model)
     for src, dst in zip(inputs, outputs):
@@ -375,6 +409,8 @@ def main(argv=None):
         n = sgm_to_text(args.src_sgm, args.ref_sgm, args.src_out, args.ref_out)
         print(f"sgm2txt: {n} segments -> {args.src_out}, {args.ref_out}")
     elif args.command == "clean":
+        check_outputs([("--src-out", args.src_out), ("--tgt-out", args.tgt_out), ("--report", args.report)],
+                      [path for pair in args.pair for path in pair])
         report = clean_corpus([tuple(p) for p in args.pair], args.src_out, args.tgt_out, args.max_len,
                               args.ratio, filter_pairs=not args.no_filter, unescape=not args.no_unescape)
         if args.report:
@@ -400,7 +436,7 @@ def cli_main(argv=None):
     """Console entry point: data errors exit 1 with one ``error:`` line instead of a traceback."""
     try:
         main(argv)
-    except PrepareError as e:
+    except (PrepareError, output_safety.OutputPathError) as e:
         print(f"fairseq-admin-prepare: error: {e}", file=sys.stderr)
         sys.exit(1)
 

@@ -20,6 +20,7 @@ import re
 import sys
 import textwrap
 
+from fairseq_admin import output_safety
 from fairseq_admin.errors import OptionError
 
 TRAIN_INNER = re.compile(r"\| train_inner \|.*\bnum_updates=(\d+).*\bwall=(\d+)")
@@ -125,6 +126,9 @@ def check_report_inputs(args):
         if len(hyps) != len(sources):
             raise OptionError(f"{hyp} has {len(hyps)} lines, {args.source} {len(sources)}")
         results[label] = (r, hyps)
+    read = [args.source, args.reference] + [p for _, log, res in args.run for p in (log, res) if p] + \
+        [r["hypotheses_file"] for r, _ in results.values()]
+    output_safety.check_output(args.png, read, "--png")  # an input, a directory, unwritable: refused before the work
     return sources, references, results
 
 
@@ -158,9 +162,27 @@ def plot_curves(runs, png: str, title: str) -> None:
     ax.set_title(textwrap.fill(title, 90), fontsize=9)  # wrapped: the setting is one long line
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
-    fig.savefig(png, dpi=90)
+    with output_safety.atomic_write(png, "wb") as f:  # a failed run keeps the previous PNG
+        fig.savefig(f, format="png", dpi=90)
     plt.close(fig)
+
+
+def choice_lines(label: str, result) -> list:
+    """The validation grid of a run's evaluation (``fairseq-admin-evaluate --choose-on-valid``'s ``chosen_on_valid``)
+    and its choice, as printed lines; none for an evaluation that chose nothing."""
+    from fairseq_admin.choose_on_valid import Cell, format_grid
+
+    chosen = result.get("chosen_on_valid")
+    if not chosen:
+        return []
+    cells = [Cell(**cell) for cell in chosen["grid"]]
+    choice = Cell(**chosen["choice"])
+    lines = [f"{label}: validation grid ({chosen['subset']}, {chosen['sentences']} sentences, beam {chosen['beam']}; "
+             f"best: checkpoint_best.pt, avgN: the last N checkpoints averaged):"]
+    lines += ["  " + line for line in format_grid(cells, choice, chosen["subset"])]
+    lines.append(f"{label}: chosen on {chosen['subset']}: {choice.checkpoints}, lenpen {choice.lenpen}; the test set "
+                 f"translated once, with it:")
+    return lines
 
 
 def run_report(args) -> int:
@@ -173,6 +195,8 @@ def run_report(args) -> int:
             print(f"      {label + ':':<11} {hyps[i]}")
     print()
     for label, (r, _) in results.items():
+        for line in choice_lines(label, r):
+            print(line)
         print(f"{label}: sacreBLEU {r['sacrebleu']:.2f} ({r['sacrebleu_signature']}); "
               f"tokenized BLEU {r['tokenized_bleu']:.2f}")
         print(f"  {r['sacrebleu_text']}")

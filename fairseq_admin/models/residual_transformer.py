@@ -31,15 +31,32 @@ def _wrap_layer(layer, cfg):
     return fsdp_wrap(layer, min_num_params=cfg.min_params_to_wrap if not cfg.checkpoint_activations else 0)
 
 
+def _install_stack_norms(stack, cfg, name: str, dim: int) -> None:
+    """The stack's embedding norm (if fairseq built one) and final step from the scheme (schemes/base.py): the
+    scheme's ``build_norm`` and ``build_stack_final`` in place of the LayerNorms fairseq built."""
+    scheme = get_scheme(cfg.residual_scheme)
+    if stack.layernorm_embedding is not None:
+        stack.layernorm_embedding = scheme.build_norm(cfg, dim, "embedding")
+    stack.layer_norm = scheme.build_stack_final(cfg, name, dim, stack.carry, stack.layer_norm is not None)
+
+
 class SchemeTransformerEncoder(TransformerEncoderBase):
     def __init__(self, cfg, dictionary, embed_tokens, return_fc=False):
+        # set before fairseq's __init__ builds the layers: they share the stack's carried state and learn their index
+        self.carry = get_scheme(cfg.residual_scheme).new_carry(cfg, "encoder")
+        self._layers_built = 0
         super().__init__(cfg, dictionary, embed_tokens, return_fc=return_fc)
+        _install_stack_norms(self, cfg, "encoder", embed_tokens.embedding_dim)
         self.word_dropout = getattr(cfg, "encoder_word_dropout", 0.0) or 0.0
 
     def build_encoder_layer(self, cfg):
-        return _wrap_layer(SchemeEncoderLayer(cfg, return_fc=self.return_fc), cfg)
+        layer = SchemeEncoderLayer(cfg, return_fc=self.return_fc, layer_index=self._layers_built, carry=self.carry)
+        self._layers_built += 1
+        return _wrap_layer(layer, cfg)
 
     def forward_embedding(self, src_tokens, token_embedding=None):
+        if self.carry is not None:  # a new stack forward starts here (fairseq's forward embeds first)
+            self.carry.reset()
         if self.training and self.word_dropout > 0:
             if token_embedding is None:
                 token_embedding = self.embed_tokens(src_tokens)
@@ -49,16 +66,23 @@ class SchemeTransformerEncoder(TransformerEncoderBase):
 
 class SchemeTransformerDecoder(TransformerDecoderBase):
     def __init__(self, cfg, dictionary, embed_tokens, no_encoder_attn=False, output_projection=None):
+        self.carry = get_scheme(cfg.residual_scheme).new_carry(cfg, "decoder")  # see SchemeTransformerEncoder
+        self._layers_built = 0
         super().__init__(cfg, dictionary, embed_tokens, no_encoder_attn, output_projection)
+        _install_stack_norms(self, cfg, "decoder", self.embed_dim)
         p = getattr(cfg, "decoder_word_dropout", 0.0) or 0.0
         self._word_dropout = DecoderWordDropout(p) if p > 0 else None
         if self._word_dropout is not None:
             self.embed_tokens.register_forward_hook(self._word_dropout)
 
     def build_decoder_layer(self, cfg, no_encoder_attn=False):
-        return _wrap_layer(SchemeDecoderLayer(cfg, no_encoder_attn), cfg)
+        layer = SchemeDecoderLayer(cfg, no_encoder_attn, layer_index=self._layers_built, carry=self.carry)
+        self._layers_built += 1
+        return _wrap_layer(layer, cfg)
 
     def extract_features(self, *args, **kwargs):
+        if self.carry is not None:
+            self.carry.reset()
         if self._word_dropout is None:
             return super().extract_features(*args, **kwargs)
         self._word_dropout.active = self.training
@@ -115,14 +139,15 @@ class ResidualTransformerModel(TransformerModel):
         args.residual_scheme = scheme.name
         _check_common_args(args, scheme)
         scheme.check_args(args)
-        if scheme.normalize_before:
-            args.encoder_normalize_before = args.decoder_normalize_before = True
-        elif getattr(args, "encoder_normalize_before", False) or getattr(args, "decoder_normalize_before", False):
+        if not scheme.normalize_before and (getattr(args, "encoder_normalize_before", False)
+                                            or getattr(args, "decoder_normalize_before", False)):
             raise OptionError(f"--residual-scheme {scheme.name} is a Post-LN scheme: remove --encoder-normalize-before/"
                              "--decoder-normalize-before, or use --residual-scheme preln")
+        scheme.configure(args)
         model = super().build_model(args, task)
-        if getattr(args, "log_stability", None) and task is not None and hasattr(task, "train_step"):
-            install_stability_log(task, args.log_stability)
+        scheme.init_model(model)
+        if task is not None and hasattr(task, "train_step"):  # also without --log-stability: diagnostics.py says why
+            install_stability_log(task, getattr(args, "log_stability", None) or 0)
         return model
 
     @classmethod

@@ -2,15 +2,34 @@
 
 fairseq calls ``residual_connection(branch, shortcut)`` once per sublayer; these subclasses hand that call to the
 layer's scheme (``self.residual``) and tell it, at the start of each forward, the layer input (B2T needs it) and
-where the padding is (Admin's profiling measures real tokens only). The rest of fairseq's layer runs unchanged.
+where the padding is (Admin's profiling measures real tokens only). At build time the scheme also sets the layer's
+placement (``normalize_before``, which fairseq reads at forward time) and fills its norm slots
+(``self_attn_layer_norm``, ``encoder_attn_layer_norm``, ``final_layer_norm``) from ``build_sublayer_norm``
+(fairseq_admin/schemes/base.py). The rest of fairseq's layer runs unchanged.
 """
 from typing import Dict, List, Optional
 
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase, TransformerEncoderLayerBase
-from torch import Tensor
+from torch import Tensor, nn
 
 from fairseq_admin.modules.layer_init import apply_layer_init
 from fairseq_admin.schemes import get_scheme
+from fairseq_admin.schemes.base import NORM_SLOTS, StackCarry
+
+
+def _install_scheme(layer: nn.Module, cfg, sublayers, num_layers: int, layer_index: int,
+                    carry: Optional[StackCarry]) -> None:
+    """Give a freshly built fairseq layer its scheme, the scheme's placement and norms, then its initialization."""
+    scheme = get_scheme(cfg.residual_scheme)(cfg, sublayers, num_layers, layer.embed_dim, layer_index=layer_index,
+                                             carry=carry)
+    layer.residual = scheme
+    layer.normalize_before = scheme.pre_norm()
+    for index, sublayer in enumerate(sublayers):
+        slot = NORM_SLOTS[sublayer]
+        if getattr(layer, slot, None) is not None:  # the decoder without cross-attention has no such norm
+            setattr(layer, slot, scheme.build_sublayer_norm(index))
+    apply_layer_init(layer, _layer_init(cfg))
+    scheme.init_layer(layer)
 
 
 def _layer_init(cfg) -> str:
@@ -21,11 +40,9 @@ def _layer_init(cfg) -> str:
 class SchemeEncoderLayer(TransformerEncoderLayerBase):
     SUBLAYERS = ("self_attn", "ffn")
 
-    def __init__(self, cfg, return_fc=False):
+    def __init__(self, cfg, return_fc=False, layer_index: int = 0, carry: Optional[StackCarry] = None):
         super().__init__(cfg, return_fc=return_fc)
-        self.residual = get_scheme(cfg.residual_scheme)(cfg, self.SUBLAYERS, cfg.encoder.layers, self.embed_dim)
-        apply_layer_init(self, _layer_init(cfg))
-        self.residual.init_layer(self)
+        _install_scheme(self, cfg, self.SUBLAYERS, cfg.encoder.layers, layer_index, carry)
 
     def residual_connection(self, x, residual):
         return self.residual.connect(x, residual)
@@ -38,11 +55,10 @@ class SchemeEncoderLayer(TransformerEncoderLayerBase):
 class SchemeDecoderLayer(TransformerDecoderLayerBase):
     SUBLAYERS = ("self_attn", "cross_attn", "ffn")
 
-    def __init__(self, cfg, no_encoder_attn=False, add_bias_kv=False, add_zero_attn=False):
+    def __init__(self, cfg, no_encoder_attn=False, add_bias_kv=False, add_zero_attn=False, layer_index: int = 0,
+                 carry: Optional[StackCarry] = None):
         super().__init__(cfg, no_encoder_attn, add_bias_kv, add_zero_attn)
-        self.residual = get_scheme(cfg.residual_scheme)(cfg, self.SUBLAYERS, cfg.decoder.layers, self.embed_dim)
-        apply_layer_init(self, _layer_init(cfg))
-        self.residual.init_layer(self)
+        _install_scheme(self, cfg, self.SUBLAYERS, cfg.decoder.layers, layer_index, carry)
 
     def residual_connection(self, x, residual):
         return self.residual.connect(x, residual)

@@ -16,8 +16,9 @@ r_t = sqrt((ρ_t − 4)(ρ_t − 2)ρ_∞ / ((ρ_∞ − 4)(ρ_∞ − 2)ρ_t)).
 tests/test_radam.py checks both rules against a float64 transcription of radam.py.
 """
 import ast
+import math
 from dataclasses import dataclass, field
-from typing import Any, List
+from typing import Any, List, Tuple
 
 import torch
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
@@ -94,7 +95,42 @@ class FairseqRAdam(FairseqOptimizer):
 
     @property
     def optimizer_config(self):
+        """The options torch's RAdam takes, each checked first (a bad one is one ``OptionError`` line, raised when
+        fairseq-train builds the optimizer, before the first update)."""
         lr = self.cfg.lr[0] if isinstance(self.cfg.lr, (list, tuple)) or OmegaConf.is_list(self.cfg.lr) else self.cfg.lr
-        betas = self.cfg.adam_betas
-        betas = ast.literal_eval(betas) if isinstance(betas, str) else tuple(OmegaConf.to_container(betas))
-        return {"lr": lr, "betas": tuple(betas), "eps": self.cfg.adam_eps, "weight_decay": self.cfg.weight_decay}
+        return {"lr": _non_negative("--lr", lr), "betas": parse_betas(self.cfg.adam_betas),
+                "eps": _non_negative("--adam-eps", self.cfg.adam_eps),
+                "weight_decay": _non_negative("--weight-decay", self.cfg.weight_decay)}
+
+
+_BETAS_EXAMPLE = "two numbers in [0, 1) such as '(0.9, 0.98)'"
+
+
+def parse_betas(value: Any) -> Tuple[float, float]:
+    """``--adam-betas`` as (β1, β2). A string is read with ``ast.literal_eval`` (a literal, never code); each β is the
+    decay rate of a running average, so it must be a finite number with 0 <= β < 1 (β2 = 1 would make
+    ρ_∞ = 2/(1 − β2) − 1 infinite)."""
+    shown = value if isinstance(value, str) else str(value)
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value.strip())
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            raise OptionError(f"--adam-betas {shown!r} is not {_BETAS_EXAMPLE}") from None
+    elif OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value)
+    numbers = isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(b, (int, float)) and not isinstance(b, bool) for b in value)
+    if not numbers:
+        raise OptionError(f"--adam-betas {shown!r} is not {_BETAS_EXAMPLE}")
+    for i, beta in enumerate(value, start=1):
+        if not 0 <= beta < 1:  # False for nan; compared before float() so a huge integer cannot overflow
+            raise OptionError(f"--adam-betas {shown!r}: beta{i} = {beta} is outside [0, 1); give {_BETAS_EXAMPLE}")
+    return float(value[0]), float(value[1])
+
+
+def _non_negative(option: str, value: Any) -> float:
+    """A finite number >= 0 (torch's RAdam refuses negative ones with a traceback; nan or inf would poison every
+    parameter at the first update)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+        raise OptionError(f"{option} must be a finite number >= 0 for --optimizer radam, got {value}")
+    return float(value)

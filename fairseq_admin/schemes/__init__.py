@@ -9,10 +9,15 @@ from .admin import Admin
 from .b2t import B2T
 from .base import ResidualScheme
 from .deepnorm import DeepNorm
+from .layernorm_scaling import LayerNormScaling
+from .mix_ln import MixLN
+from .peri_ln import PeriLN
 from .postln import PostLN
 from .preln import PreLN
+from .resi_dual import ResiDual
 
-SCHEMES = {scheme.name: scheme for scheme in (PostLN, PreLN, Admin, B2T, DeepNorm)}
+SCHEMES = {scheme.name: scheme for scheme in (PostLN, PreLN, Admin, B2T, DeepNorm, ResiDual, PeriLN,
+                                              LayerNormScaling, MixLN)}
 
 
 def get_scheme(name: str) -> type:

@@ -52,8 +52,8 @@ class Admin(ResidualScheme):
     formula = "x_{i+1} = LN(x_i * omega_i + f_i(x_i))"
     official_layer_init = "fairseq-0.9"  # Transformer-Clinic is a fairseq 0.9 fork
 
-    def __init__(self, cfg, sublayers, num_layers, embed_dim):
-        super().__init__(cfg, sublayers, num_layers, embed_dim)
+    def __init__(self, cfg, sublayers, num_layers, embed_dim, **position):
+        super().__init__(cfg, sublayers, num_layers, embed_dim, **position)
         init = getattr(cfg, "admin_init", "profile")
         value = 1.0 if init == "profile" else closed_form_omega(len(sublayers) * num_layers, init)
         if getattr(cfg, "admin_omega", "vector") == "vector":
@@ -96,6 +96,12 @@ class Admin(ResidualScheme):
             raise OptionError(f"unknown --admin-init {init!r}; choose one of {', '.join(INIT_CHOICES)}")
         if getattr(args, "admin_omega", "vector") not in ("vector", "scalar"):
             raise OptionError(f"unknown --admin-omega {args.admin_omega!r}; choose 'vector' or 'scalar'")
+        if getattr(args, "no_cross_attention", False):
+            # Transformer-Clinic builds an Admin decoder layer only with its cross-attention (`assert not
+            # no_encoder_attn`, fairseq/fairseq/modules/transformer_layer.py:366 and :425): the profile and the
+            # closed forms count 3 residual sublayers per decoder layer
+            raise OptionError("admin: --no-cross-attention is not supported (an Admin decoder layer has 3 residual "
+                             "sublayers, cross-attention included, as in Transformer-Clinic); remove it")
         if init == "profile" and (getattr(args, "encoder_layerdrop", 0) or getattr(args, "decoder_layerdrop", 0)):
             raise OptionError("--admin-init profile walks every sublayer in order; it cannot run with "
                              "--encoder-layerdrop/--decoder-layerdrop. Use a closed form (--admin-init O(logn)).")

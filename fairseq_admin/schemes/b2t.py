@@ -24,8 +24,8 @@ class B2T(ResidualScheme):
     paper = "Takase et al. 2023"
     formula = "out = LN(x + h + FFN(h)), h the output of the attention sublayer(s)"
 
-    def __init__(self, cfg, sublayers, num_layers, embed_dim):
-        super().__init__(cfg, sublayers, num_layers, embed_dim)
+    def __init__(self, cfg, sublayers, num_layers, embed_dim, **position):
+        super().__init__(cfg, sublayers, num_layers, embed_dim, **position)
         self.init_scale = not getattr(cfg, "no_b2t_init_scale", False)
 
     @staticmethod

@@ -57,9 +57,8 @@ class DeepNorm(ResidualScheme):
     paper = "Wang et al. 2022"
     formula = "x_{i+1} = LN(alpha * x_i + f_i(x_i)), Xavier-normal init with gain beta"
 
-    def __init__(self, cfg, sublayers, num_layers, embed_dim):
-        super().__init__(cfg, sublayers, num_layers, embed_dim)
-        self.stack = "decoder" if len(self.sublayers) == 3 else "encoder"
+    def __init__(self, cfg, sublayers, num_layers, embed_dim, **position):
+        super().__init__(cfg, sublayers, num_layers, embed_dim, **position)
         self.alpha, self.beta = deepnorm_constants(cfg.encoder.layers, cfg.decoder.layers, self.stack)
 
     @classmethod
