@@ -61,6 +61,19 @@ def run_cli(*argv, check=True, timeout=600, **kwargs):
     return proc
 
 
+def assert_one_error_line(proc, *needles):
+    """The process failed (no crash: not 134/SIGABRT) with exactly one ``error:`` line holding every needle, and no
+    traceback: the project's rule for every refusal. Returns that line."""
+    out = proc.stdout + proc.stderr
+    assert proc.returncode not in (0, 134, -6), (proc.returncode, out[-3000:])
+    assert "Traceback" not in out and "terminate called" not in out, out[-3000:]
+    lines = [line for line in out.splitlines() if "error:" in line]
+    assert len(lines) == 1, out[-3000:]
+    for needle in needles:
+        assert str(needle) in lines[0], (needle, lines[0])
+    return lines[0]
+
+
 def random_batch(dictionary, bsz=3, src_len=7, tgt_len=5, seed=0):
     """Token batches with left-padded sources (fairseq's default) and some right-padded targets."""
     g = torch.Generator().manual_seed(seed)

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from helpers import ROOT, TINY, USER_DIR, VENV_BIN, run_cli
+from helpers import assert_one_error_line as _one_error_line
 
 from fairseq_admin import checkpoint_safety
 from fairseq_admin.cli import average_checkpoints as avg
@@ -45,18 +46,6 @@ def _run(cmd, env_extra=None, **kwargs):
     env.pop(UNSAFE_SWITCH, None)
     env.update(env_extra or {})
     return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=600, env=env, **kwargs)
-
-
-def _one_error_line(proc, *needles):
-    """The process failed with exactly one ``error:`` line containing every needle, and no traceback."""
-    out = proc.stdout + proc.stderr
-    assert proc.returncode not in (0, 134, -6), (proc.returncode, out[-3000:])
-    assert "Traceback" not in out, out[-3000:]
-    lines = [line for line in out.splitlines() if "error:" in line]
-    assert len(lines) == 1, out[-3000:]
-    for needle in needles:
-        assert str(needle) in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def _tool(main, argv, capsys):

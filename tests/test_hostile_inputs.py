@@ -6,18 +6,7 @@ Every refusal is one ``<tool>: error:`` line naming the option or file, without 
 import pytest
 
 from helpers import TINY_TRAIN, USER_DIR, run_cli
-
-
-def _one_error_line(proc, *needles):
-    """The process failed with exactly one ``error:`` line containing every needle, and no traceback."""
-    out = proc.stdout + proc.stderr
-    assert proc.returncode not in (0, 134, -6), (proc.returncode, out[-3000:])
-    assert "Traceback" not in out, out[-3000:]
-    lines = [line for line in out.splitlines() if "error:" in line]
-    assert len(lines) == 1, out[-3000:]
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
+from helpers import assert_one_error_line as _one_error_line
 
 
 def _train(data, save_dir, *extra, arch="transformer", optimizer="adam"):

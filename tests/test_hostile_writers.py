@@ -12,23 +12,12 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT, TINY_TRAIN, USER_DIR, VENV_BIN, run_cli
+from helpers import assert_one_error_line as _refused
 
 
 def _run(cmd, **kwargs):
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}")
     return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=600, env=env, **kwargs)
-
-
-def _refused(proc, *needles):
-    """The command failed with one ``error:`` line holding every needle, and no traceback."""
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0, out[-3000:]
-    assert "Traceback" not in out, out[-3000:]
-    lines = [line for line in out.splitlines() if "error:" in line]
-    assert len(lines) == 1, out[-3000:]
-    for needle in needles:
-        assert str(needle) in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def _snapshot(directory):
