@@ -19,7 +19,17 @@ DIMS = ["--encoder-embed-dim", "16", "--decoder-embed-dim", "16", "--encoder-ffn
 @pytest.fixture
 def figures(monkeypatch):
     saved = {}
-    monkeypatch.setattr(Figure, "savefig", lambda fig, path, **kw: saved.__setitem__(os.path.basename(path), fig))
+    def record(fig, target, **kw):
+        # diagnose writes each PNG through output_safety.atomic_write: a file object on ".<name>.<random>.tmp"
+        name = getattr(target, "name", target)
+        if isinstance(name, int):  # a file object opened on a descriptor: its path, from the kernel
+            name = os.readlink(f"/proc/self/fd/{name}")
+        name = os.path.basename(name)
+        if name.startswith(".") and name.endswith(".tmp"):
+            name = name[1:].rsplit(".", 2)[0]
+        saved[name] = fig
+
+    monkeypatch.setattr(Figure, "savefig", record)
     return saved
 
 
