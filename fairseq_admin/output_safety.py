@@ -124,6 +124,20 @@ def check_output_directory(directory: PathLike, what: str) -> str:
     return directory
 
 
+def check_replaced_directory(directory: PathLike, inputs: Iterable[Optional[PathLike]], what: str) -> str:
+    """Refuse, before any work, a ``directory`` that the tool deletes and writes anew (CTranslate2's converter with
+    ``force``: ``shutil.rmtree``) when it is, or holds, one of ``inputs`` (through symlinks). Returns its real path."""
+    real = os.path.realpath(os.fspath(directory))
+    for path in inputs:
+        if path is None:
+            continue
+        held = os.path.realpath(os.fspath(path))
+        if held == real or held.startswith(real.rstrip(os.sep) + os.sep):
+            raise OutputPathError(f"{what} {directory} would be deleted and rewritten, and it holds the input {path}; "
+                                  "choose another directory")
+    return real
+
+
 def _check_directory(directory: str, label: str) -> None:
     """``directory`` exists (created with its parents if missing) and a file can be created in it (tried)."""
     directory = directory or "."

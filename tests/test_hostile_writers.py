@@ -221,3 +221,19 @@ def test_unwritable_output_is_refused_before_the_work(save_dir, en_de, unwritabl
         proc = _run([VENV_BIN / tool, *argv])
         _refused(proc, unwritable_dir, "cannot create a file")
         assert "[average] averaging" not in proc.stdout and "step 1/4" not in proc.stdout, (tool, proc.stdout)
+
+
+@pytest.mark.parametrize("out", ["data", "."])
+def test_ct2_peri_ln_force_onto_a_directory_holding_an_input_is_refused(tmp_path, out):
+    """``--force`` makes CTranslate2's converter delete ``--out`` whole: the data-bin itself, or the folder holding
+    the checkpoint, would be lost."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dict.en.txt").write_text("w0 1\n")
+    checkpoint = tmp_path / "checkpoint_best.pt"
+    checkpoint.write_bytes(b"not a model")
+    before = _snapshot(data), checkpoint.read_bytes()
+    proc = _run([VENV_BIN / "python", "-m", "fairseq_admin.cli.ct2_peri_ln", "--checkpoint", checkpoint,
+                 "--data", data, "--out", tmp_path / out, "--force"])
+    _refused(proc, "holds the input")
+    assert (_snapshot(data), checkpoint.read_bytes()) == before

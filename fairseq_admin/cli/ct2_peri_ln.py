@@ -148,6 +148,12 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
         raise CT2ExportError(f"--data {args.data}: no such directory")
     if os.path.exists(args.out) and not args.force:
         raise CT2ExportError(f"--out {args.out} exists; give --force to overwrite it")
+    from fairseq_admin import output_safety
+
+    try:  # --force deletes --out whole before writing (CTranslate2's Converter.convert)
+        output_safety.check_replaced_directory(args.out, [args.checkpoint, args.data], "--out")
+    except output_safety.OutputPathError as exc:
+        raise CT2ExportError(str(exc)) from None
     try:
         import ctranslate2  # noqa: F401
     except ImportError:
