@@ -2,9 +2,10 @@
 """Stability and quality at depth: every residual scheme on Multi30k En-De, small CPU dimensions, two regimes.
 
 One cell = (regime, scheme, layers, seed) = one real ``fairseq-train`` run (``--task admin_translation --arch
-<scheme>_transformer``, validation every ``--validate-interval`` updates) followed by beam-4 decoding of
-test_2016_flickr and sacreBLEU. Each cell writes ``RESULTS/<regime>_<scheme>_<layers>_seed<k>.json``:
-training and validation curves, divergence/stall flags, final valid loss, BLEU, wall time and machine load.
+<scheme>_transformer``, validation every ``--validate-interval`` updates, ``--log-stability`` every log line)
+followed by beam-4 decoding of test_2016_flickr from ``checkpoint_best.pt`` and sacreBLEU. Each cell writes
+``RESULTS/<regime>_<scheme>_<layers>_seed<k>.json``: training and validation curves, divergence/stall flags, final
+valid loss, BLEU, the largest activation and gradient norms seen, time per update, wall time and machine load.
 
 Re-running skips finished cells and resumes interrupted ones (fairseq continues from ``checkpoint_last.pt``,
 saved every ``--validate-interval`` updates). Only one training runs at a time: a lock file in the work directory
@@ -133,13 +134,17 @@ def train_command(args, data, save_dir, regime, scheme, layers, seed):
            "--cpu", "--num-workers", "0", "--save-dir", save_dir,
            "--validate-interval-updates", str(args.validate_interval), "--save-interval-updates",
            str(args.validate_interval), "--keep-interval-updates", "1", "--no-epoch-checkpoints",
-           "--log-format", "json", "--log-interval", str(args.log_interval)]
+           "--log-format", "json", "--log-interval", str(args.log_interval),
+           # the fp16-risk proxies (largest residual-stream activation, per-layer gradient norms) at every log line;
+           # reading them changes no number of the training (fairseq_admin/diagnostics.py, install_stability_log)
+           "--log-stability", str(args.log_interval)]
     if scheme == "admin":  # the profiled omega, kept in the result (the closed form has nothing to save)
         cmd += ["--admin-profile-save", os.path.join(save_dir, "profile.ratio.init")]
     return cmd
 
 
 LINE = re.compile(r"\| (train_inner|train|valid) \| (\{.*\})\s*$")
+STAB_LAYER_GNORM = re.compile(r"^stab_g_(enc|dec)\d+$")  # a layer's gradient norm (diagnostics.log_stability)
 
 
 def _f(v):
@@ -169,7 +174,12 @@ def parse_log(path):
         if kind == "train_inner":
             u = int(_f(rec.get("num_updates")))
             train[u] = {"update": u, "loss": _f(rec.get("loss")), "nll_loss": _f(rec.get("nll_loss")),
-                        "gnorm": _f(rec.get("gnorm")), "lr": _f(rec.get("lr")), "wps": _f(rec.get("wps"))}
+                        "gnorm": _f(rec.get("gnorm")), "lr": _f(rec.get("lr")), "wps": _f(rec.get("wps")),
+                        "ups": _f(rec.get("ups"))}
+            layer_gnorms = [_f(v) for k, v in rec.items() if STAB_LAYER_GNORM.match(k)]
+            if "stab_act_max" in rec or layer_gnorms:  # --log-stability figures of this line
+                train[u]["act_max"] = _f(rec.get("stab_act_max"))
+                train[u]["layer_gnorm_max"] = max(layer_gnorms, default=float("nan"))
         elif kind == "valid":
             u = int(_f(rec.get("valid_num_updates")))
             valid[u] = {"update": u, "loss": _f(rec.get("valid_loss")), "nll_loss": _f(rec.get("valid_nll_loss"))}
@@ -428,10 +438,13 @@ def _finish(args, data, unigram, regime, scheme, layers, seed, name, cmd, rc, re
     ckpt_updates = checkpoint_updates(ckpt) if os.path.exists(ckpt) else None
     if rc == 0 and (ckpt_updates or 0) < args.max_update:
         raise RuntimeError(f"{name}: checkpoint_last.pt is at update {ckpt_updates}, not {args.max_update}")
-    evaluation = None
-    if ckpt_updates:
-        log(f"{name}: decoding test_2016_flickr from checkpoint_last.pt (update {ckpt_updates})")
-        evaluation = generate_bleu(args, data, ckpt, run_dir)
+    evaluation, evaluated = None, None
+    best = os.path.join(save_dir, "checkpoint_best.pt")  # lowest validation loss: the test set only reports
+    if ckpt_updates and os.path.exists(best):
+        best_updates = checkpoint_updates(best)
+        evaluated = f"checkpoint_best.pt (update {best_updates})"
+        log(f"{name}: decoding test_2016_flickr from {evaluated}")
+        evaluation = generate_bleu(args, data, best, run_dir)
     segs = state["segments"]
     total_s = sum(s["seconds"] for s in segs)
     result = {
@@ -445,8 +458,13 @@ def _finish(args, data, unigram, regime, scheme, layers, seed, name, cmd, rc, re
         "best_valid_loss": min((p["loss"] for p in valid if math.isfinite(p["loss"])), default=None),
         "unigram_valid_bits": unigram.get("valid_unigram_bits"),
         "bleu": evaluation["bleu"] if evaluation else None, "evaluation": evaluation,
-        "evaluated_checkpoint": f"checkpoint_last.pt (update {ckpt_updates})" if ckpt_updates else None,
+        "evaluated_checkpoint": evaluated,
         "train_wall_seconds": round(total_s, 1),
+        # wall time of the whole run (validation and checkpoints included) per update, and fairseq's own
+        # training-only rate (median of the logged ups)
+        "seconds_per_update": round(total_s / ckpt_updates, 3) if ckpt_updates else None,
+        "train_seconds_per_update_logged": _inverse_median([p["ups"] for p in train]),
+        "stability": stability_maxima(train),
         "train_segments": segs,
         "load1_mean": round(sum(s["load1_mean"] * s["seconds"] for s in segs) / max(total_s, 1e-9), 2),
         "load1_max": round(max(s["load1_max"] for s in segs), 2),
@@ -468,6 +486,22 @@ def _finish(args, data, unigram, regime, scheme, layers, seed, name, cmd, rc, re
     if not args.keep_checkpoints:
         shutil.rmtree(save_dir, ignore_errors=True)
     return "done"
+
+
+def stability_maxima(train):
+    """The largest values seen over the run's log lines: fairseq's gradient norm before clipping (every line), and
+    from ``--log-stability`` the largest |activation| of any residual sum on real tokens and the largest per-layer
+    gradient norm (None for a run logged without it)."""
+    def top(key):
+        xs = [p[key] for p in train if key in p and math.isfinite(p[key])]
+        return round(max(xs), 4) if xs else None
+    return {"max_gnorm": top("gnorm"), "max_activation": top("act_max"), "max_layer_gnorm": top("layer_gnorm_max"),
+            "lines_with_stability": sum("act_max" in p for p in train)}
+
+
+def _inverse_median(rates):
+    xs = sorted(1 / x for x in rates if math.isfinite(x) and x > 0)
+    return round(xs[len(xs) // 2], 3) if xs else None
 
 
 def _mean(xs):
@@ -492,21 +526,32 @@ def render(results_dir, out_md=None):
                              REGIMES else 9, order.get(r["scheme"], 99), r["seed"]))
     lines = ["| regime | layers | scheme | seed | updates | final valid loss (nll) | best valid loss | diverged | "
              "stalled near unigram | BLEU (sacreBLEU, test_2016_flickr) | distinct outputs (most repeated) | "
-             "train min | load (1-min mean/max) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "largest activation / layer grad norm / grad norm | s per update | train min | load (1-min mean/max) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         div = f"yes @{r['diverged_at_update']}" if r["diverged"] else "no"
+        # cells from before these figures were recorded: the maxima their train curve has (fairseq's grad norm)
+        stab = r.get("stability") or stability_maxima(r.get("train_curve") or [])
+        per_update = r.get("seconds_per_update") or (
+            round(r["train_wall_seconds"] / r["completed_updates"], 3) if r.get("completed_updates") else None)
         lines.append(
             f"| {r['regime']} | {r['layers']} | {r['scheme']} | {r['seed']} | {r['completed_updates']} | "
             f"{_fmt(r['final_valid_loss'])} ({_fmt(r['final_valid_nll_loss'])}) | {_fmt(r['best_valid_loss'])} | "
-            f"{div} | {'yes' if r['stalled_near_unigram'] else 'no'} | {_fmt(r['bleu'])} | {_distinct(r)} | "
+            f"{div} | {'yes' if r['stalled_near_unigram'] else 'no'} | {_fmt(r['bleu'])}{_checkpoint_mark(r)} | "
+            f"{_distinct(r)} | {_fmt(stab.get('max_activation'))} / {_fmt(stab.get('max_layer_gnorm'))} / "
+            f"{_fmt(stab.get('max_gnorm'))} | {_fmt(per_update)} | "
             f"{r['train_wall_seconds'] / 60:.1f} | {r['load1_mean']}/{r['load1_max']} |")
     md = "\n".join(lines) + "\n" + _seed_summary(rows)
     if rows and rows[0].get("unigram_valid_bits"):
         md += (f"\nLosses in bits/token (fairseq's label-smoothed loss; nll in parentheses). Unigram level of the "
                f"valid targets: {rows[0]['unigram_valid_bits']:.2f} bits. Distinct outputs: different hypotheses "
                f"among the test sentences, and in parentheses how often the most frequent one was emitted (a model "
-               f"that ignores its input gives a few sentences for every input).\n")
+               f"that ignores its input gives a few sentences for every input). BLEU is of checkpoint_best.pt (lowest "
+               f"validation loss); \u2020: of checkpoint_last.pt, a later update than the best (cells run before the grid "
+               f"evaluated the best). The "
+               f"largest activation (|residual sum| on real tokens) and layer gradient norm come from --log-stability "
+               f"every 10 updates (\u2014: a cell run without it); grad norm: fairseq's, before clipping; s per "
+               f"update: the run's wall time (validation included) over its updates.\n")
     pngs = plot(rows, results_dir)
     if out_md:
         open(out_md, "w").write(md)
@@ -533,6 +578,14 @@ def _seed_summary(rows):
         return ""
     return ("\nAcross seeds (mean [min, max]):\n\n| regime | layers | scheme | seeds | final valid loss | BLEU | "
             "diverged |\n|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
+
+
+def _checkpoint_mark(r):
+    """\u2020 for a BLEU of checkpoint_last.pt that is not checkpoint_best.pt's: fairseq replaces checkpoint_best.pt
+    at every validation at least as good as the best so far (fairseq/checkpoint_utils.py, ``is_better``), so a last
+    validation equal to the best one means the two checkpoints are the same update."""
+    last = (r.get("evaluated_checkpoint") or "").startswith("checkpoint_last")
+    return " \u2020" if last and r.get("final_valid_loss") != r.get("best_valid_loss") else ""
 
 
 def _distinct(r):

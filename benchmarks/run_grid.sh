@@ -15,7 +15,8 @@ label smoothing 0.1, every scheme of fairseq_admin.schemes.SCHEMES (default orde
 Regimes: standard   = lr 1e-3, inverse_sqrt, 200 warm-up updates (where vanilla 18-18 Post-LN stalled)
          aggressive = lr 2e-3 constant, no warm-up
 Each cell: fairseq-train --task admin_translation --arch <scheme>_transformer (validation + checkpoint every 50
-updates), then beam 4 / lenpen 0.6 on test_2016_flickr, sentencepiece decoding, sacreBLEU; result in
+updates; --log-stability every 10), then beam 4 / lenpen 0.6 on test_2016_flickr from checkpoint_best.pt,
+sentencepiece decoding, sacreBLEU; result in
 RESULTS/<regime>_<scheme>_<layers>_seed<k>.json (default RESULTS = benchmarks/results/grid).
 Re-running skips finished cells and resumes an interrupted one from its checkpoint_last.pt. One grid at a time
 (lock file in WORK). Cells run deepest first, each scheme's regimes together.

@@ -169,11 +169,13 @@ def output_change(model, sample, relative_scale: float = 0.01, draws: int = 3, s
 
 # ---- (c) residual dependency β and ω ----------------------------------------------------------------------------------
 class ResidualRecord:
-    """Per (stack, layer, sublayer): Var(f_i) and Var(s_i) of the residual sums seen while recording."""
+    """Per (stack, layer, sublayer): Var(f_i) and Var(s_i) of the residual sums seen while recording; and the
+    largest |value| of any residual sum on real tokens (``max_abs``: what overflows first in fp16, max 65504)."""
 
     def __init__(self):
         self.variances: Dict[tuple, List[tuple]] = {}
         self.sublayers: Dict[str, tuple] = {}
+        self.max_abs: Optional[float] = None
 
     def observe(self, stack: str, layer: int, scheme, sublayer: int, branch: Tensor, combined: Tensor) -> None:
         mask = scheme.token_mask(branch)
@@ -181,6 +183,10 @@ class ResidualRecord:
         self.sublayers[stack] = scheme.sublayers
         self.variances.setdefault((stack, layer, sublayer), []).append(
             (_variance(branch, mask), _variance(shortcut, mask)))
+        values = combined.detach() if mask is None else combined.detach()[mask]
+        if values.numel():
+            largest = values.abs().max().item()
+            self.max_abs = largest if self.max_abs is None else max(self.max_abs, largest)
 
     def beta(self) -> Dict[str, List[List[Optional[float]]]]:
         """β per stack, per layer, per sublayer (None for a sublayer that did not run), averaged over observations."""
@@ -269,7 +275,8 @@ def log_stability(model, record: ResidualRecord, grad_scale: float = 1.0, prefix
       this step divided by ``grad_scale`` (the step's sample size × the fp16 loss scale, so it is the gradient of the
       token-averaged loss, as in :func:`gradient_norms`), and ``{prefix}_g_last_ffn``;
     * ``{prefix}_beta_{enc|dec}{l}``: β of layer l (mean over its sublayers) from this step's forward (``record``);
-    * ``{prefix}_omega_{enc|dec}_{min|mean|max}`` for schemes with ω.
+    * ``{prefix}_omega_{enc|dec}_{min|mean|max}`` for schemes with ω;
+    * ``{prefix}_act_max``: the largest |value| of any residual sum of this step's forward, on real tokens.
 
     Returns the logged values."""
     from fairseq.logging import metrics
@@ -289,6 +296,8 @@ def log_stability(model, record: ResidualRecord, grad_scale: float = 1.0, prefix
             present = [b for b in row if b is not None]
             if present:
                 values[f"{prefix}_beta_{short}{layer}"] = sum(present) / len(present)
+    if record.max_abs is not None:
+        values[f"{prefix}_act_max"] = record.max_abs
     omega = omega_values(model)
     for stack, rows in (omega or {}).items():
         flat = [v for row in rows for v in row]

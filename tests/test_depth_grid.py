@@ -67,3 +67,25 @@ def test_run_grid_help_lists_every_variant_as_depth_grid_defines_it():
     assert res.returncode == 0, res.stderr
     for name, (scheme, opts, _colour) in depth_grid.VARIANTS.items():
         assert f"{name:<18}= {scheme} with {' '.join(opts)}" in res.stdout
+
+
+def test_cell_logs_stability_and_reports_its_maxima(tmp_path):
+    """Every cell trains with --log-stability at its log interval, and its result keeps the largest residual-sum
+    activation, per-layer and total gradient norm seen, and the time per update (issue 30's per-cell figures), read
+    from fairseq's json log lines (a line without stability figures counts for the total gradient norm only)."""
+    cmd = depth_grid.train_command(Args(), "/data", "/save", "standard", "preln", "6-6", 1)
+    assert cmd[cmd.index("--log-stability") + 1] == str(Args.log_interval)
+    log = tmp_path / "train.log"
+    log.write_text(
+        '2026-12-07 01:00:00 | INFO | train_inner | {"epoch": 1, "update": 0.1, "loss": "9.1", "nll_loss": "9", '
+        '"gnorm": "3.5", "lr": "1e-4", "wps": "900", "ups": "0.5", "num_updates": "10", "stab_act_max": "41.2", '
+        '"stab_g_enc0": "0.7", "stab_g_dec5": "1.9", "stab_g_last_ffn": "9.9", "stab_beta_enc0": "0.5"}\n'
+        '2026-12-07 01:00:20 | INFO | train_inner | {"epoch": 1, "update": 0.2, "loss": "8.0", "nll_loss": "7.9", '
+        '"gnorm": "7.25", "lr": "2e-4", "wps": "950", "ups": "0.25", "num_updates": "20"}\n'
+        '2026-12-07 01:00:40 | INFO | train_inner | {"epoch": 1, "update": 0.3, "loss": "7.5", "nll_loss": "7.4", '
+        '"gnorm": "1.5", "lr": "3e-4", "wps": "990", "ups": "0.4", "num_updates": "30", "stab_act_max": "63.5", '
+        '"stab_g_enc0": "2.5", "stab_g_dec5": "0.2"}\n')
+    train, _valid, _fpe = depth_grid.parse_log(str(log))
+    assert depth_grid.stability_maxima(train) == {"max_gnorm": 7.25, "max_activation": 63.5, "max_layer_gnorm": 2.5,
+                                                  "lines_with_stability": 2}
+    assert depth_grid._inverse_median([p["ups"] for p in train]) == 2.5  # 1/0.4: the median of 2, 2.5, 4 s

@@ -121,6 +121,37 @@ def test_record_residuals_is_transparent_and_restored():
     assert all(0 < b < 1 for st in beta.values() for r in st for b in r)
 
 
+def test_record_residuals_max_abs_is_the_largest_residual_sum_on_real_tokens():
+    """``max_abs`` (logged as stab_act_max, the grid's fp16-risk proxy) against every residual sum seen through the
+    layers' ``connect`` (a path of its own), padding excluded."""
+    torch.manual_seed(0)
+    model = ResidualTransformerModel.build_model(parse_args("preln_transformer", *DIMS, layers=(2, 2)), TASK).eval()
+    pad = TASK.source_dictionary.pad()
+    sample = SAMPLE
+    assert sample["net_input"]["prev_output_tokens"].eq(pad).any()  # padded target positions are left out
+    sums = []
+    for stack in ("encoder", "decoder"):
+        for scheme in model.scheme_layers(stack):
+            def connect(branch, shortcut, scheme=scheme, inner=scheme.connect):
+                out = inner(branch, shortcut)
+                mask = scheme.token_mask(out)
+                sums.append(out.detach().abs()[mask].max() if mask is not None else out.detach().abs().max())
+                return out
+            scheme.connect = connect
+    with torch.no_grad(), D.record_residuals(model) as record:
+        D.decoder_features(model, sample)
+    assert len(sums) == 2 * 2 + 2 * 3 and record.max_abs == max(sums).item()
+    # fairseq zeroes padded source positions, so that model cannot show the mask at work: a sum whose only large
+    # value sits at a padding position must not count
+    scheme = model.scheme_layers("encoder")[0]
+    scheme.begin(torch.zeros(3, 2, 64), torch.tensor([[True, False, False], [False, False, False]]))
+    combined = torch.ones(3, 2, 64)
+    combined[0, 0, 5] = -1e4  # time 0 of sentence 0: padding
+    padded = D.ResidualRecord()
+    padded.observe("encoder", 0, scheme, 0, torch.zeros(3, 2, 64), combined)
+    assert padded.max_abs == 1.0
+
+
 def test_admin_beta_equals_reference_from_the_profiling_walk():
     """β_i = Var(f_i) / (Var(x_i ω_i) + Var(f_i)) against the float64 reference walk (dropout off, float64), which
     checks that s_i is x_i·ω_i and that the variances are taken over real tokens as profiling takes them."""
@@ -210,7 +241,8 @@ def test_train_log_stability(synthetic_data, tmp_path, task):
     # (fairseq would print a meter that got no value since the last log as "stab_...=None")
     assert len(logged) == 2, logged
     assert len([line for line in lines if "stab_" in line]) == 2 and "None" not in "".join(lines), lines
-    for key in ("stab_g_enc0", "stab_g_dec1", "stab_beta_enc1", "stab_beta_dec0", "stab_omega_dec_max"):
+    for key in ("stab_g_enc0", "stab_g_dec1", "stab_beta_enc1", "stab_beta_dec0", "stab_omega_dec_max",
+                "stab_act_max"):
         assert re.search(key + r"[ =][\d.]+", logged[0]), logged[0]
     omega_max = float(re.search(r"stab_omega_dec_max[ =]([\d.]+)", logged[0]).group(1))
     assert omega_max > 1
