@@ -71,6 +71,7 @@ setup(
     # here: nothing would show that the plugin works there.
     python_requires=">=3.11",
     packages=find_packages(include=["fairseq_admin", "fairseq_admin.*"]),
+    package_data={"fairseq_admin": ["configs/*.yaml"]},  # fairseq-hydra-train configs (fairseq_admin/recipe_configs.py)
     cmdclass={"build_py": BuildPyWithShippedTools},
     install_requires=[
         # torch.serialization.add_safe_globals (fairseq_admin/checkpoint_safety.py) exists from 2.4; the allow-list
@@ -86,7 +87,7 @@ setup(
         "plots": ["matplotlib>=3.5"],
         "tensorboard": ["tensorboardX>=2.6"],
         "deploy": ["ctranslate2>=4.0"],  # ct2-fairseq-converter on fairseq-admin-export's output
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "pytest-xdist>=3"],  # scripts/test.sh runs the files on every core (at most 4)
     },
     entry_points={
         "console_scripts": [

@@ -1,5 +1,6 @@
 """What the benchmark scripts share: the Multi30k data, the real fairseq objects they time, the alternating timer,
-sacreBLEU scoring and the code version. No benchmark script imports another script; they all import this module.
+sacreBLEU scoring and the code version. No benchmark script imports another script (but choosing.py, which renders
+depth_grid.py's results with its definitions); they all import this module.
 
 * data: :func:`prepare_data` (``data-prep/prepare-multi30k.sh``, sentencepiece 8k, cached in WORK/data);
   :func:`fixed_batches` (fairseq's own batching) and :func:`gen_batches` (test_2016_flickr in corpus order).

@@ -43,6 +43,11 @@ VARIANTS = {
     "admin-ologn": ("admin", ["--admin-init", "O(logn)"], "tab:olive"),
     # Peri-LN without its input and embedding norms: x + LN(f(x)) (OLMo 2, Swin v2; fairseq_admin/schemes/peri_ln.py)
     "peri_ln-output": ("peri_ln", ["--peri-ln-output-only"], "tab:pink"),
+    # the normalization as a choice (fairseq_admin/modules/norms.py): every norm of the model RMSNorm or DyT
+    "postln-rmsnorm": ("postln", ["--norm", "rmsnorm"], "tab:brown"),
+    "postln-dyt": ("postln", ["--norm", "dyt"], "tab:gray"),
+    "preln-rmsnorm": ("preln", ["--norm", "rmsnorm"], "tab:cyan"),
+    "preln-dyt": ("preln", ["--norm", "dyt"], "tab:purple"),
 }
 
 # Identical for every scheme and regime (benchmarks/HISTORY.md, "Before the plugin").

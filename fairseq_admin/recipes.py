@@ -21,6 +21,8 @@ Sources (docs/methods.md summarizes them):
   liu2020b  Liu et al. 2020b, "Very Deep Transformers for Neural Machine Translation" (Admin 60L-12L WMT14 En-Fr);
             recipe in Transformer-Clinic nmt-experiments/wmt14_en-fr.md
   takase2023  Takase et al., ACL Findings 2023, "B2T Connection: Serving Stability and Performance in Deep Transformers"
+  huang2020 Huang et al., ICML 2020, "Improving Transformer Optimization Through Better Initialization" (T-Fixup);
+            official script github.com/layer6ai-labs/T-Fixup Train_IWSLT_TFixup_example.sh, BLEU in its README.md
   (xiong2020, Pre-LN, is *not* a row: see the comment above PRE_LN_NOTE.)
 """
 from __future__ import annotations
@@ -34,7 +36,7 @@ import sys
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-SCHEMES = ("postln", "preln", "admin", "b2t")
+SCHEMES = ("postln", "preln", "admin", "b2t", "t_fixup")
 LAUNCHERS = ("fairseq", "torchrun", "slurm")
 TOLERANCE = 0.03  # |tokens per update - paper's| / paper's, at most
 MIN_SENSIBLE_MAX_TOKENS = 1024  # below this, long sentences no longer fit in one batch: warn
@@ -55,10 +57,10 @@ class Setting:
 
     # --- what it is
     pair: str                    # "en-de": source-target
-    scheme: str                  # postln | preln | admin | b2t
+    scheme: str                  # postln | preln | admin | b2t | t_fixup
     encoder_layers: int
     decoder_layers: int
-    source: str                  # key of the paper whose recipe this is: liu2020 | liu2020b | takase2023
+    source: str                  # key of the paper whose recipe this is: liu2020 | liu2020b | takase2023 | huang2020
     paper: str                   # citation + where the hyperparameters come from
     base_arch: str               # fairseq architecture giving the dimensions; --arch is f"{scheme}_{base_arch}"
     data: str                    # default binarized data directory (relative to the working directory)
@@ -91,8 +93,10 @@ class Setting:
     word_dropout: float = 0.0    # the B2T 18L recipe's --sampling-method worddrop --enc/dec-replace-rate
     layer_init: Optional[str] = None  # --layer-init of the paper's code base (None: the scheme's default)
     adam_betas: tuple = (0.9, 0.98)
-    lr_scheduler: str = "inverse_sqrt"
+    lr_scheduler: str = "inverse_sqrt"  # or inverse_sqrt_nowarmup (T-Fixup): no warm-up flags, --decay-period
+    decay_period: Optional[int] = None  # inverse_sqrt_nowarmup's P: lr·sqrt(P / (P + updates))
     share_all_embeddings: bool = True
+    share_decoder_input_output_embed: bool = False  # without share_all_embeddings: tie the decoder's in/out tables
     fp16: bool = True
     fp16_args: tuple = ()        # extra fp16 flags of the official scripts
     seed: Optional[int] = None   # None: fairseq's default (1)
@@ -200,6 +204,28 @@ TAKASE2023_EN_DE = dict(
     beam=4, lenpen=0.6, avg_checkpoints=10, bleu_metric="sacreBLEU (detokenized), newstest2014",
 )
 
+# Huang et al. 2020 (T-Fixup), IWSLT14 De-En, the official Train_IWSLT_TFixup_example.sh:13-37 (transformer_iwslt_de_en,
+# 6-6, 512-1024-4): no LayerNorm (the scheme), Adam (0.9, 0.98), lr 5e-4 from the first update with
+# --lr-scheduler inverse_sqrt_nowarmup --decay-period 4000 (no warm-up: fairseq_admin/optim/lr_scheduler/), dropout
+# 0.5, weight decay 1e-4, label smoothing 0.1, 1 GPU x 4000 tokens, 300 epochs, fp16, separate dictionaries (its
+# fairseq-preprocess has no --joined-dictionary, :7-11) with --share-decoder-input-output-embed. Not in the script,
+# so the fork's fairseq 0.9 defaults: --clip-norm 25 (fairseq/options.py:388), attention/activation dropout 0
+# (fairseq/models/transformer.py:941-942), seed 1. Evaluation (InferenceIWSLT.py): 10 epoch checkpoints averaged,
+# beam 4, lenpen 0.3, tokenized BLEU of generate.py --remove-bpe; README.md:45 reports 35.73 for epochs 278-287, a
+# window the script chose as the best test BLEU among those ending at epochs 250-300 (InferenceIWSLT.py:17-45).
+HUANG2020_IWSLT = dict(
+    pair="de-en", source="huang2020",
+    paper="Huang et al. 2020 (T-Fixup), ICML; layer6ai-labs/T-Fixup Train_IWSLT_TFixup_example.sh, README.md",
+    base_arch="transformer_iwslt_de_en", data="data/iwslt14_de_en/data-bin",
+    lr=5e-4, warmup_updates=0, warmup_init_lr=5e-4, lr_scheduler="inverse_sqrt_nowarmup", decay_period=4000,
+    dropout=0.5, clip_norm=25.0, weight_decay=1e-4, optimizer="adam",
+    share_all_embeddings=False, share_decoder_input_output_embed=True,
+    published_gpus=1, published_max_tokens=4000, published_update_freq=1,
+    max_update=None, max_epoch=300,
+    beam=4, lenpen=0.3, avg_checkpoints=10,
+    bleu_metric="tokenized BLEU (fairseq generate --remove-bpe), IWSLT14 test",
+)
+
 # PRE_LN_NOTE. Pre-LN (Xiong et al. 2020) is the paper that showed Pre-LN trains *without* warm-up: WMT14 En-De with
 # lr 7e-4 or 1.5e-3 from the first step, decayed at epoch 6, then inverse-sqrt. That schedule (constant, step decay,
 # then inverse-sqrt) is not one of fairseq's schedulers and the paper gives no BLEU for it, so it is
@@ -240,6 +266,10 @@ SETTINGS: list[Setting] = [
             bleu=27.36,
             notes="B2T paper's Pre-LN baseline, on the B2T row's recipe (word dropout included); 26.57 averaged "
                   "over newstest2010-2016"),
+    # ---- T-Fixup, IWSLT14 De-En, 6L, no warm-up, no LayerNorm ----
+    Setting(**HUANG2020_IWSLT, scheme="t_fixup", encoder_layers=6, decoder_layers=6, bleu=35.73,
+            notes="official README: epochs 278-287, the best window on the test set; no warm-up (decay period "
+                  "4000), decoder in/out embeddings tied"),
 ]
 
 
@@ -402,11 +432,18 @@ def build_train_command(setting: Setting, data_dir: Optional[str], save_dir: Opt
     ]
     if s.share_all_embeddings:
         train += ["--share-all-embeddings"]
+    elif s.share_decoder_input_output_embed:
+        train += ["--share-decoder-input-output-embed"]
     train += [
         "--optimizer", s.optimizer, "--adam-betas", f"({s.adam_betas[0]}, {s.adam_betas[1]})",
         "--clip-norm", _num(s.clip_norm), "--weight-decay", _num(s.weight_decay),
         "--lr", _num(s.lr), "--lr-scheduler", s.lr_scheduler,
-        "--warmup-updates", str(s.warmup_updates), "--warmup-init-lr", _num(s.warmup_init_lr),
+    ]
+    if s.lr_scheduler == "inverse_sqrt_nowarmup":  # no warm-up: the scheduler has no warm-up options
+        train += ["--decay-period", str(s.decay_period)]
+    else:
+        train += ["--warmup-updates", str(s.warmup_updates), "--warmup-init-lr", _num(s.warmup_init_lr)]
+    train += [
         "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", _num(s.label_smoothing),
         "--dropout", _num(s.dropout), "--attention-dropout", _num(s.attention_dropout),
         "--activation-dropout", _num(s.activation_dropout),
@@ -480,17 +517,20 @@ def format_table(settings: Sequence[Setting] = SETTINGS) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    common = ("Optimizer: radam (liu2020, liu2020b: every Transformer-Clinic command), adam (takase2023).\n"
-              "All rows: betas (0.9, 0.98), inverse_sqrt, warmup-init-lr 1e-7, label smoothing 0.1, shared embeddings, "
-              "fp16.\nBLEU: liu2020/liu2020b tokenized BLEU (fairseq) on newstest2014 / IWSLT14 test; takase2023 "
-              "sacreBLEU on newstest2014.\nSources:\n" + "\n".join(sorted({f"  {s.source}: {s.paper}" for s in settings})))
+    common = ("Optimizer: radam (liu2020, liu2020b: every Transformer-Clinic command), adam (takase2023, huang2020).\n"
+              "All rows: betas (0.9, 0.98), label smoothing 0.1, fp16; inverse_sqrt with warmup-init-lr 1e-7 and "
+              "shared embeddings, except huang2020: inverse_sqrt_nowarmup (lr·sqrt(P/(P+n)), P = 4000) and "
+              "--share-decoder-input-output-embed.\nBLEU: liu2020/liu2020b tokenized BLEU (fairseq) on newstest2014 / "
+              "IWSLT14 test; takase2023 sacreBLEU on newstest2014; huang2020 tokenized BLEU on IWSLT14 test."
+              "\nSources:\n" + "\n".join(sorted({f"  {s.source}: {s.paper}" for s in settings})))
     return "\n".join(lines) + "\n\n" + common
 
 
 def make_parser(prog: str = "python -m fairseq_admin.recipes") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
-        description="Print (and run) the fairseq-train command of a published Post-LN / Pre-LN / Admin / B2T setting, "
+        description="Print (and run) the fairseq-train command of a published Post-LN / Pre-LN / Admin / B2T / T-Fixup "
+                    "setting, "
                     "keeping the paper's tokens per update on any number of GPUs. Arguments after a bare `--` go to "
                     "fairseq-train unchanged.",
         epilog="The published settings:\n" + published_list(), formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -499,7 +539,7 @@ def make_parser(prog: str = "python -m fairseq_admin.recipes") -> argparse.Argum
     p.add_argument("--scheme", choices=SCHEMES)
     p.add_argument("--layers", help="ENC-DEC layers, e.g. 18-18 or 60-12 (a single number means ENC = DEC)")
     p.add_argument("--source", help="paper key, when several papers published the setting (liu2020, liu2020b, "
-                                    "takase2023)")
+                                    "takase2023, huang2020)")
     p.add_argument("--gpus", type=int, default=1, help="GPUs per node (default 1)")
     p.add_argument("--nodes", type=int, default=1, help="nodes (default 1); tokens per update spans nodes x gpus")
     p.add_argument("--max-tokens", type=int, help="tokens per GPU per batch; --update-freq is then adjusted "

@@ -7,6 +7,7 @@ import subprocess
 
 from fairseq.models.transformer import TransformerModel
 from fairseq.optim import OPTIMIZER_REGISTRY
+from fairseq.optim.lr_scheduler import LR_SCHEDULER_REGISTRY
 from fairseq.tasks import TASK_REGISTRY
 
 import fairseq_admin
@@ -34,9 +35,10 @@ def test_lists_every_option_of_the_model_task_and_optimizer():
     text = options.render()
     expected = {**option_strings(ResidualTransformerModel.add_args, TransformerModel.add_args),
                 **option_strings(TASK_REGISTRY["admin_translation"].add_args, TASK_REGISTRY["translation"].add_args),
-                **option_strings(OPTIMIZER_REGISTRY["radam"].add_args)}
+                **option_strings(OPTIMIZER_REGISTRY["radam"].add_args),
+                **option_strings(LR_SCHEDULER_REGISTRY["inverse_sqrt_nowarmup"].add_args)}
     assert {"--residual-scheme", "--layer-init", "--admin-init", "--no-b2t-init-scale", "--log-stability",
-            "--radam-unrectified"} <= set(expected)
+            "--radam-unrectified", "--norm", "--decay-period"} <= set(expected)
     assert listed(text) == set(expected)
     flat = " ".join(text.split())
     for option, help_text in expected.items():

@@ -224,6 +224,8 @@ def test_wheel_carries_the_tools_and_their_commands(distributions):
         (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         commands = whl.read(entry_points).decode()
     assert {f"fairseq_admin/shipped/{f}" for f in SHIPPED_FILES} <= names
+    configs = {f"fairseq_admin/configs/{p.name}" for p in (ROOT / "fairseq_admin" / "configs").glob("*.yaml")}
+    assert configs and configs <= names  # fairseq-hydra-train's configs, one per recipe row
     for command in COMMANDS:
         assert f"{command} = " in commands
 
@@ -246,6 +248,7 @@ def installed(tmp_path_factory, distributions):
     (["fairseq-admin-data-prep", "--help"], "wmt14-en-fr"),
     (["fairseq-admin-data-prep", "multi30k", "--help"], "prepare-multi30k.sh --out DIR"),
     (["fairseq-admin-options", "--user-dir"], "site-packages/fairseq_admin"),
+    (["fairseq-admin-options", "--config-dir"], "site-packages/fairseq_admin/configs"),
 ])
 def test_installed_commands_run_outside_the_repository(installed, tmp_path, argv, expect):
     """The commands of a pip-installed copy, run from another folder, in an environment without torch or fairseq:
@@ -254,6 +257,8 @@ def test_installed_commands_run_outside_the_repository(installed, tmp_path, argv
                           env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHON")})
     assert proc.returncode == 0, proc.stderr
     assert expect in proc.stdout
+    if argv[-1] == "--config-dir":
+        assert os.path.isfile(os.path.join(proc.stdout.strip(), "en-de_admin_6-6_liu2020.yaml"))
     if argv[0] == "fairseq-admin-train" and "--dry-run" in argv:
         user_dir = proc.stdout.split("--user-dir ")[1].split()[0]
         assert user_dir.startswith(str(installed.parent)) and os.path.isfile(os.path.join(user_dir, "__init__.py"))

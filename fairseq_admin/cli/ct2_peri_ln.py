@@ -21,6 +21,14 @@ and everything else (embeddings and their √d scale, positions, the embedding n
 FFN weights, vocabularies, decoder start token) as CTranslate2's own fairseq converter sets it, with its functions.
 ``--peri-ln-output-only`` (no input norm) has no such spec and is refused. tests/test_field_schemes.py compares
 ``score_batch`` with fairseq's log-probabilities.
+
+``--norm rmsnorm`` (fairseq_admin/modules/norms.py): CTranslate2's ``rms_norm=True`` layers compute
+x / sqrt(mean(x²) + eps) · γ (src/cpu/kernels.cc ``rms_norm``), our RMSNorm exactly, so a peri_ln model with it
+converts the same way, and so does a ``preln`` one, which has no stock fairseq equivalent to go through
+(fairseq-admin-export refuses it): its layers map onto CTranslate2's plain pre-norm layers as ct2-fairseq-converter
+maps fairseq's. The model's eps is written as the config's ``layer_norm_epsilon`` (CTranslate2's default for a
+norm without β would be 1e-6). ``--norm dyt`` is refused: CTranslate2 has no tanh normalization layer.
+tests/test_norms.py compares ``score_batch`` with fairseq's log-probabilities.
 """
 import argparse
 import sys
@@ -48,6 +56,26 @@ def _option(model_cfg, name: str):
     return model_cfg.get(name) if isinstance(model_cfg, dict) else getattr(model_cfg, name, None)
 
 
+def refusal(model_cfg, checkpoint: str = "the model") -> Optional[str]:
+    """Why a model of this config (a dict or namespace) cannot be converted, in one line, or None: everything
+    :func:`_load_model` refuses before it builds the model (benchmarks/choosing.py reads it for each scheme)."""
+    scheme = _option(model_cfg, "residual_scheme") if model_cfg is not None else None
+    norm = (_option(model_cfg, "norm") if model_cfg is not None else None) or "layernorm"
+    if norm not in ("layernorm", "rmsnorm"):
+        return f"a --norm {norm} model cannot be converted: CTranslate2 has no tanh normalization layer"
+    if scheme != "peri_ln" and not (scheme == "preln" and norm == "rmsnorm"):
+        return (f"{checkpoint} is a {scheme or 'fairseq'} model with --norm {norm}; this converter is for peri_ln, "
+                f"and preln with --norm rmsnorm (for the others: fairseq-admin-export, then ct2-fairseq-converter)")
+    if _option(model_cfg, "peri_ln_output_only"):
+        return ("--peri-ln-output-only has no input norms, which CTranslate2's pre_post_layer_norm layers require; it "
+                "cannot be converted")
+    for option, value in (("activation_fn", "relu"),
+                          ("encoder_attention_heads", _option(model_cfg, "decoder_attention_heads"))):
+        if _option(model_cfg, option) not in (None, value):
+            return f"--{option.replace('_', '-')} {_option(model_cfg, option)} is not supported"
+    return None
+
+
 def _load_model(checkpoint: str, data: str):
     """(model, task, model config) of a peri_ln checkpoint; anything else is refused before the model is built."""
     import fairseq_admin  # noqa: F401  (the model, and the safe loader's allow-list)
@@ -56,17 +84,9 @@ def _load_model(checkpoint: str, data: str):
     from fairseq_admin import checkpoint_safety
 
     model_cfg = checkpoint_safety.checkpoint_model_cfg(checkpoint_safety.load_checkpoint(checkpoint))
-    scheme = _option(model_cfg, "residual_scheme") if model_cfg is not None else None
-    if scheme != "peri_ln":
-        raise CT2ExportError(f"{checkpoint} is a {scheme or 'fairseq'} model; this converter is for peri_ln (for "
-                             f"the others: fairseq-admin-export, then ct2-fairseq-converter)")
-    if _option(model_cfg, "peri_ln_output_only"):
-        raise CT2ExportError("--peri-ln-output-only has no input norms, which CTranslate2's pre_post_layer_norm "
-                             "layers require; it cannot be converted")
-    for option, value in (("activation_fn", "relu"),
-                          ("encoder_attention_heads", _option(model_cfg, "decoder_attention_heads"))):
-        if _option(model_cfg, option) not in (None, value):
-            raise CT2ExportError(f"--{option.replace('_', '-')} {_option(model_cfg, option)} is not supported")
+    reason = refusal(model_cfg, checkpoint)
+    if reason:
+        raise CT2ExportError(reason)
     try:
         models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint],
                                                                           arg_overrides={"data": data})
@@ -75,11 +95,13 @@ def _load_model(checkpoint: str, data: str):
     model = models[0].eval()
     if getattr(cfg.model, "no_token_positional_embeddings", False) or model.decoder.project_in_dim is not None:
         raise CT2ExportError("models without positions or with project-in/out dimensions are not supported")
+    if model.decoder.layer_norm is None:  # CTranslate2's pre-norm decoder always ends with its layer_norm
+        raise CT2ExportError("--no-decoder-final-norm is not supported")
     return model, task, cfg.model
 
 
 def build_spec(checkpoint: str, data: str):
-    """The CTranslate2 model spec of a Peri-LN checkpoint (see the module docstring)."""
+    """The CTranslate2 model spec of a Peri-LN checkpoint, or an RMSNorm Pre-LN one (see the module docstring)."""
     import torch
     from ctranslate2.converters import fairseq as ct2_fairseq
     from ctranslate2.specs import transformer_spec
@@ -87,15 +109,24 @@ def build_spec(checkpoint: str, data: str):
     model, task, args = _load_model(checkpoint, data)
     with_cross = model.decoder.layers[0].encoder_attn is not None
     layernorm_embedding = bool(getattr(args, "layernorm_embedding", False))
+    peri = args.residual_scheme == "peri_ln"  # else preln (with --norm rmsnorm): plain pre-norm layers
+    rms_norm = (getattr(args, "norm", None) or "layernorm") == "rmsnorm"
     encoder = transformer_spec.TransformerEncoderSpec(
         args.encoder_layers, args.encoder_attention_heads, pre_norm=True, layernorm_embedding=layernorm_embedding,
-        pre_post_layer_norm=True)
+        pre_post_layer_norm=peri, rms_norm=rms_norm)
     decoder = transformer_spec.TransformerDecoderSpec(
         args.decoder_layers, args.decoder_attention_heads, pre_norm=True, layernorm_embedding=layernorm_embedding,
-        with_encoder_attention=with_cross, pre_post_layer_norm=True,
-        external_pre_post_encoder_layers=with_cross)
+        with_encoder_attention=with_cross, pre_post_layer_norm=peri,
+        external_pre_post_encoder_layers=with_cross and peri, rms_norm=rms_norm)
     spec = transformer_spec.TransformerSpec(encoder, decoder)
-    set_norm = ct2_fairseq.set_layer_norm
+    spec.config.layer_norm_epsilon = model.encoder.layer_norm.eps  # every norm of these two layouts has fairseq's
+
+    def set_norm(norm_spec, module):
+        if rms_norm:  # γ only (CTranslate2's LayerNormSpec(rms_norm=True) has no beta)
+            norm_spec.gamma = module.weight.numpy()
+        else:
+            ct2_fairseq.set_layer_norm(norm_spec, module)
+
     with torch.no_grad():
         for stack_spec, stack in ((spec.encoder, model.encoder), (spec.decoder, model.decoder)):
             ct2_fairseq.set_input_layers(stack_spec, stack)
@@ -103,8 +134,17 @@ def build_spec(checkpoint: str, data: str):
             if layernorm_embedding:
                 set_norm(stack_spec.layernorm_embedding, stack.layernorm_embedding)
             for layer_spec, layer in zip(stack_spec.layer, stack.layers):
-                out_norms = layer.residual.output_norms
                 ct2_fairseq.set_multi_head_attention(layer_spec.self_attention, layer.self_attn, self_attention=True)
+                if not peri:  # ct2-fairseq-converter's set_transformer_*_layer, with set_norm
+                    set_norm(layer_spec.self_attention.layer_norm, layer.self_attn_layer_norm)
+                    if stack is model.decoder and with_cross:
+                        ct2_fairseq.set_multi_head_attention(layer_spec.attention, layer.encoder_attn)
+                        set_norm(layer_spec.attention.layer_norm, layer.encoder_attn_layer_norm)
+                    set_norm(layer_spec.ffn.layer_norm, layer.final_layer_norm)
+                    ct2_fairseq.set_linear(layer_spec.ffn.linear_0, layer.fc1)
+                    ct2_fairseq.set_linear(layer_spec.ffn.linear_1, layer.fc2)
+                    continue
+                out_norms = layer.residual.output_norms
                 set_norm(layer_spec.input_layer_norm, layer.self_attn_layer_norm)
                 set_norm(layer_spec.post_attention_layer_norm, out_norms[0])
                 if stack is model.decoder and with_cross:
@@ -129,7 +169,8 @@ def convert(checkpoint: str, data: str, out: str, force: bool = False) -> str:
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fairseq_admin.cli.ct2_peri_ln",
-                                     description="Convert a peri_ln checkpoint to a CTranslate2 model "
+                                     description="Convert a peri_ln checkpoint (--norm layernorm or rmsnorm), or a "
+                                                 "preln one with --norm rmsnorm, to a CTranslate2 model "
                                                  "(pre_post_layer_norm layers; CTranslate2 >= 4.6.3).")
     parser.add_argument("--checkpoint", required=True, metavar="IN.pt")
     parser.add_argument("--data", required=True, metavar="DATA_BIN", help="data-bin with the model's dict.*.txt")
@@ -159,7 +200,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
     except ImportError:
         raise CT2ExportError("ctranslate2 is not installed: pip install -e '.[deploy]'") from None
     written = convert(args.checkpoint, args.data, args.out, args.force)
-    return [f"peri_ln -> CTranslate2 (pre_post_layer_norm layers): {written}"]
+    return [f"{args.checkpoint} -> CTranslate2: {written}"]
 
 
 def cli_main(argv: Optional[Sequence[str]] = None) -> int:

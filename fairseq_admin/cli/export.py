@@ -11,7 +11,8 @@ on (``weights_only=True``) in a Python that never imports ``fairseq_admin``: ``f
 What each scheme becomes
 ------------------------
 * ``postln``, ``preln``: already fairseq's Transformer (``preln`` = ``--encoder/decoder-normalize-before``): the
-  tensors are copied, only the config changes.
+  tensors are copied, only the config changes. So is ``ds_init``: Post-LN whose only difference is its initial values
+  (fairseq_admin/schemes/ds_init.py).
 * ``admin`` (x_{i+1} = LN(x_i·ω_i + f_i(x_i)), ω scalar or per dimension) and ``deepnorm`` (the same with the scalar
   ω_i = α of its stack) have every shortcut weight folded into the weights. The input x_i of sublayer i is the output
   LN_{i-1}(·) = γ⊙n + β of the LayerNorm before it. With x'_i = x_i·ω_i written into that LayerNorm's affine
@@ -38,6 +39,14 @@ What each scheme becomes
 * ``b2t``: out = LN(x + h + FFN(h)) has no stock equivalent (fairseq's layer cannot add its input before the last
   LayerNorm); it is refused. Its tensor names equal fairseq's, so a renamed B2T checkpoint would load into fairseq's
   Transformer and translate wrongly without an error: never rename one by hand.
+* ``rezero``: x + α·f(x) with no LayerNorm. α alone would fold (x + α·(W h + b) = x + (αW) h + αb in out_proj and
+  fc2), but every stock fairseq layer normalizes (after the join in Post-LN, before the branch and at the end of the
+  stack in Pre-LN), and a LayerNorm is not the identity: refused.
+* ``t_fixup``: x + f(x) with no LayerNorm at all (its constants live in the initial weights only, so there is
+  nothing to fold); refused for the same reason as ``rezero``.
+* any scheme trained with ``--norm rmsnorm`` or ``dyt`` (fairseq_admin/modules/norms.py): refused, every norm of
+  fairseq's Transformer is a LayerNorm (an RMSNorm ``preln``/``peri_ln`` model goes to CTranslate2 through
+  fairseq_admin/cli/ct2_peri_ln.py).
 * ``lns``, ``resi_dual``, ``mix_ln``, ``peri_ln``: see fairseq_admin/cli/export_field_schemes.py (LayerNorm Scaling's
   1/√l folded into each pre-norm's γ and β gives stock Pre-LN exactly; the other three are refused).
 
@@ -81,7 +90,7 @@ OUTPUT_LAYER_NORM = {"self_attn": "self_attn_layer_norm", "cross_attn": "encoder
 #: the projections that read a sublayer's input x (the shortcut's stream)
 INPUT_READERS = {"self_attn": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
                  "cross_attn": ("encoder_attn.q_proj",), "ffn": ("fc1",)}
-FOLDABLE = ("postln", "preln", "admin", "deepnorm", "lns")
+FOLDABLE = ("postln", "preln", "admin", "deepnorm", "lns", "ds_init")
 PRIMITIVES = (type(None), bool, int, float, str)
 
 
@@ -92,10 +101,23 @@ class ExportError(RuntimeError):
 # ---- which shortcut weight each sublayer has -------------------------------------------------------------------------
 def scheme_of(model_cfg: Dict[str, Any]) -> str:
     scheme = model_cfg.get("residual_scheme") or ("preln" if model_cfg.get("encoder_normalize_before") else "postln")
+    norm = model_cfg.get("norm") or "layernorm"
+    if norm != "layernorm":  # fairseq_admin/modules/norms.py
+        raise ExportError(f"a --norm {norm} model cannot be exported: every norm of fairseq's Transformer is a "
+                          f"LayerNorm" + ("; a preln or peri_ln model converts to CTranslate2's rms_norm layers "
+                                          "with python -m fairseq_admin.cli.ct2_peri_ln" if norm == "rmsnorm" else ""))
     if scheme == "b2t":
         raise ExportError("b2t cannot be exported: its bottom-to-top shortcut out = LN(x + h + FFN(h)) has no "
                           "equivalent in fairseq's Transformer (and renaming its tensors would load and translate "
                           "wrongly)")
+    if scheme == "rezero":
+        raise ExportError("rezero cannot be exported: fairseq's Transformer has a LayerNorm at every sublayer "
+                          "(Post-LN or Pre-LN) and ReZero has none; its alpha would fold into out_proj and fc2 "
+                          "(x + alpha*(Wh + b) = x + (alpha*W)h + alpha*b), the missing norms cannot")
+    if scheme == "t_fixup":
+        raise ExportError("t_fixup cannot be exported: it has no LayerNorm, and every stock fairseq Transformer "
+                          "layer normalizes (after the join in Post-LN, before the branch in Pre-LN); a LayerNorm is "
+                          "not the identity, so no renaming or folding gives the same outputs")
     if export_field_schemes.refusal(scheme):
         raise ExportError(export_field_schemes.refusal(scheme))
     if scheme not in FOLDABLE:
@@ -107,7 +129,7 @@ def shortcut_weights(scheme: str, model_cfg: Dict[str, Any], weights: Dict[str, 
                      num_layers: int, dim: int) -> List[Dict[str, torch.Tensor]]:
     """ω of every sublayer, ``[layer][sublayer name]`` -> float64 vector of size ``dim`` (all ones: nothing to fold)."""
     ones = torch.ones(dim, dtype=torch.float64)
-    if scheme in ("postln", "preln", "lns"):  # lns: its constants are folded by export_field_schemes.fold
+    if scheme in ("postln", "preln", "lns", "ds_init"):  # lns: its constants folded by export_field_schemes.fold
         return [{name: ones for name in SUBLAYERS[stack]} for _ in range(num_layers)]
     if scheme == "deepnorm":
         from fairseq_admin.schemes.deepnorm import deepnorm_constants
@@ -503,8 +525,9 @@ def check_dictionaries(data: str, model_cfg: Dict[str, Any], weights: Dict[str, 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fairseq-admin-export",
-        description="Write a plugin checkpoint (postln, preln, admin, deepnorm) as a checkpoint of fairseq's own "
-                    "transformer with the same outputs, loadable without --user-dir and by ct2-fairseq-converter.")
+        description="Write a plugin checkpoint (postln, preln, admin, deepnorm, lns, ds_init) as a checkpoint of "
+                    "fairseq's own transformer with the same outputs, loadable without --user-dir and by "
+                    "ct2-fairseq-converter.")
     parser.add_argument("--checkpoint", required=True, metavar="IN.pt", help="checkpoint written by fairseq-train "
                                                                               "with this plugin")
     parser.add_argument("--out", required=True, metavar="OUT.pt",

@@ -10,7 +10,7 @@ fairseq's ``--help`` never lists an architecture's options, so this command buil
 
 ``fairseq-admin-options --scheme admin`` prints the shared options and Admin's only; ``fairseq-admin-options
 --user-dir`` prints the installed package's folder, for ``fairseq-train --user-dir "$(fairseq-admin-options
---user-dir)"`` from any directory.
+--user-dir)"`` from any directory; ``--config-dir`` the folder of the shipped ``fairseq-hydra-train`` configs.
 """
 from __future__ import annotations
 
@@ -134,10 +134,15 @@ def user_dir() -> str:
     return os.path.dirname(os.path.abspath(fairseq_admin.__file__))
 
 
+def config_dir() -> str:
+    """The shipped ``fairseq-hydra-train`` configs' folder, one yaml per recipe row (fairseq_admin/recipe_configs.py)."""
+    return os.path.join(user_dir(), "configs")
+
+
 def cli_main(argv: Optional[Sequence[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv == ["--user-dir"]:  # a path: answered without the parser below, whose --scheme choices import torch
-        print(user_dir())
+    if argv in (["--user-dir"], ["--config-dir"]):  # paths: answered without the parser below, which imports torch
+        print(user_dir() if argv == ["--user-dir"] else config_dir())
         return
     from fairseq_admin.schemes import SCHEMES
 
@@ -150,8 +155,12 @@ def cli_main(argv: Optional[Sequence[str]] = None) -> None:
     what.add_argument("--user-dir", action="store_true",
                       help="print the installed package's folder, e.g. fairseq-train --user-dir "
                            "\"$(fairseq-admin-options --user-dir)\"")
+    what.add_argument("--config-dir", action="store_true",
+                      help="print the folder of the shipped fairseq-hydra-train configs (one per recipe row), e.g. "
+                           "fairseq-hydra-train --config-dir \"$(fairseq-admin-options --config-dir)\" --config-name "
+                           "en-de_admin_6-6_liu2020 task.data=DIR common.user_dir=\"$(fairseq-admin-options --user-dir)\"")
     args = parser.parse_args(argv)
-    print(user_dir() if args.user_dir else render(args.scheme))
+    print(user_dir() if args.user_dir else config_dir() if args.config_dir else render(args.scheme))
 
 
 if __name__ == "__main__":

@@ -15,9 +15,11 @@ from fairseq.modules.checkpoint_activations import checkpoint_wrapper
 
 from fairseq_admin.diagnostics import install_stability_log
 from fairseq_admin.modules import SchemeDecoderLayer, SchemeEncoderLayer
+from fairseq_admin.modules import norms
 from fairseq_admin.modules.layer_init import LAYER_INITS
 from fairseq_admin.modules.word_dropout import DecoderWordDropout, word_dropout
 from fairseq_admin.errors import OptionError
+from fairseq_admin.models.hydra_config import is_hydra_config, namespace_from_config, one_line_errors_under_hydra, write_back
 from fairseq_admin.profiling import check_profile_options, initialize_omega
 from fairseq_admin.schemes import SCHEMES, get_scheme
 
@@ -118,9 +120,11 @@ class ResidualTransformerModel(TransformerModel):
                                 f"{name}: {s.formula} ({s.paper})" for name, s in SCHEMES.items()))
         parser.add_argument("--layer-init", choices=LAYER_INITS,
                             help="initialization of every layer before the scheme's own: 'fairseq' (fairseq main's, "
-                                 "as fairseq's transformer) or 'fairseq-0.9' (zero q/k/v/out_proj biases, "
-                                 "Xavier-uniform fc1/fc2 with zero biases). Default: the scheme's official code's "
-                                 "(admin: fairseq-0.9; the others: fairseq)")
+                                 "as fairseq's transformer), 'fairseq-0.9' (zero q/k/v/out_proj biases, "
+                                 "Xavier-uniform fc1/fc2 with zero biases) or 'pytorch' (nn.MultiheadAttention's: "
+                                 "zero q/k/v/out_proj biases, out_proj weight U(+-1/sqrt(d))). Default: the scheme's "
+                                 "official code's (admin, ds_init: fairseq-0.9; rezero: pytorch; others: fairseq)")
+        norms.add_args(parser)  # --norm and DyT's --dyt-alpha-init*
         parser.add_argument("--encoder-word-dropout", type=float, metavar="P",
                             help="in training, zero each source token embedding with probability P (before the "
                                  "sqrt(d) scaling, no rescaling; the B2T 18L recipe's 0.1). Default 0")
@@ -135,6 +139,17 @@ class ResidualTransformerModel(TransformerModel):
 
     @classmethod
     def build_model(cls, args, task):
+        if not is_hydra_config(args):
+            return cls._build_model(args, task)
+        # fairseq-hydra-train, or a checkpoint it wrote: built from the Namespace the command line would give
+        with one_line_errors_under_hydra():
+            namespace = namespace_from_config(args, cls)
+            model = cls._build_model(namespace, task)
+        write_back(args, namespace, cls)
+        return model
+
+    @classmethod
+    def _build_model(cls, args, task):
         scheme = get_scheme(getattr(args, "residual_scheme", None) or "postln")
         args.residual_scheme = scheme.name
         _check_common_args(args, scheme)
@@ -196,6 +211,7 @@ def _check_common_args(args, scheme) -> None:
         p = getattr(args, f"{stack}_word_dropout", None)
         if p is not None and not 0 <= p < 1:
             raise OptionError(f"--{stack}-word-dropout must be in [0, 1), got {p}")
+    norms.check_args(args)
     every = getattr(args, "log_stability", None)
     if every is not None and (not isinstance(every, int) or every < 0):
         raise OptionError(f"--log-stability must be a whole number >= 0 (0: off), got {every!r}")

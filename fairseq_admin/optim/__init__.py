@@ -1,1 +1,2 @@
 from .radam import FairseqRAdam  # noqa: F401  (registers --optimizer radam)
+from . import lr_scheduler  # noqa: F401  (registers --lr-scheduler inverse_sqrt_nowarmup)

@@ -9,15 +9,18 @@ from .admin import Admin
 from .b2t import B2T
 from .base import ResidualScheme
 from .deepnorm import DeepNorm
+from .ds_init import DSInit
 from .layernorm_scaling import LayerNormScaling
 from .mix_ln import MixLN
 from .peri_ln import PeriLN
 from .postln import PostLN
 from .preln import PreLN
 from .resi_dual import ResiDual
+from .rezero import ReZero
+from .t_fixup import TFixup
 
 SCHEMES = {scheme.name: scheme for scheme in (PostLN, PreLN, Admin, B2T, DeepNorm, ResiDual, PeriLN,
-                                              LayerNormScaling, MixLN)}
+                                              LayerNormScaling, MixLN, DSInit, ReZero, TFixup)}
 
 
 def get_scheme(name: str) -> type:

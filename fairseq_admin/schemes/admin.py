@@ -91,6 +91,12 @@ class Admin(ResidualScheme):
         if getattr(args, "encoder_normalize_before", False) or getattr(args, "decoder_normalize_before", False):
             raise OptionError("admin is defined for Post-LN only (Liu et al. 2020): remove "
                              "--encoder-normalize-before/--decoder-normalize-before, or use --residual-scheme preln")
+        if getattr(args, "norm", None) == "dyt":
+            raise OptionError("admin cannot take --norm dyt: Admin's omega (Liu et al. 2020, Sec. 4: profiled from "
+                              "Var(x_i*omega_i) + Var(f_i)) up-weights the shortcut and relies on the norm after the "
+                              "join to divide that scale back out, as LayerNorm and RMSNorm do (N(c*v) = N(v)); DyT's "
+                              "tanh(alpha*x) is not scale-invariant and saturates instead: use --norm layernorm or "
+                              "rmsnorm")
         init = getattr(args, "admin_init", "profile")
         if init not in INIT_CHOICES:
             raise OptionError(f"unknown --admin-init {init!r}; choose one of {', '.join(INIT_CHOICES)}")

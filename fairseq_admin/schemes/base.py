@@ -22,8 +22,9 @@ per layer (the scheme instance knows ``stack``, ``layer_index`` from 0, ``depth`
     ``carry``                        the stack's :class:`StackCarry` (state handed from layer to layer), or None
 per stack and model (class methods, before and after fairseq builds the model)
     ``configure(args)``              the fairseq options the scheme implies (Pre-LN's normalize_before)
-    ``build_norm(cfg, dim, role)``   THE normalization module of every norm of the model (LayerNorm; the next issue's
-                                     RMSNorm and DyT plug in here; Identity for the norm-free schemes)
+    ``build_norm(cfg, dim, role)``   THE normalization module of every norm of the model: ``--norm``'s LayerNorm,
+                                     RMSNorm or DyT (fairseq_admin/modules/norms.py); Identity for the norm-free
+                                     schemes. A scheme that cannot honour a ``--norm`` refuses it in ``check_args``
     ``new_carry(cfg, stack)``        the state object a stack's layers share (ResiDual's dual stream), or None
     ``build_stack_final(...)``       the stack's last step, in place of fairseq's final LayerNorm (ResiDual's
                                      α·x_N + LN_f(res_N))
@@ -147,10 +148,15 @@ class ResidualScheme(nn.Module):
     @classmethod
     def build_norm(cls, cfg, dim: int, role: str, eps: float = 1e-5) -> nn.Module:
         """The normalization module for ``role`` (one of :data:`NORM_ROLES`), used for every norm of the model.
-        Default: fairseq's ``LayerNorm`` (y = (x − mean) / sqrt(var + eps) · γ + β), exactly what fairseq builds."""
-        from fairseq.modules import LayerNorm  # here: importing the schemes does not import fairseq
+        Default: the model's ``--norm`` (fairseq_admin/modules/norms.py); with ``layernorm`` (the default) fairseq's
+        ``LayerNorm`` (y = (x − mean) / sqrt(var + eps) · γ + β), exactly what fairseq builds."""
+        if getattr(cfg, "norm", None) in (None, "layernorm"):
+            from fairseq.modules import LayerNorm  # here: importing the schemes does not import fairseq
 
-        return LayerNorm(dim, eps=eps, export=cfg.export)
+            return LayerNorm(dim, eps=eps, export=cfg.export)
+        from fairseq_admin.modules import norms  # here too: fairseq_admin.modules imports the schemes
+
+        return norms.build(cfg, dim, role, eps)
 
     def build_sublayer_norm(self, sublayer: int) -> nn.Module:
         """The module in fairseq's norm slot of ``sublayer``: applied to the sublayer's input under Pre-LN, to the

@@ -63,6 +63,11 @@ class DeepNorm(ResidualScheme):
 
     @classmethod
     def check_args(cls, args):
+        if getattr(args, "norm", None) == "dyt":
+            raise OptionError("deepnorm cannot take --norm dyt: its alpha and beta (Wang et al. 2022, Sec. 4) bound "
+                              "the model update because the norm of LN(alpha*x + f) divides the sum's scale back "
+                              "out, as LayerNorm and RMSNorm do (N(c*v) = N(v)); DyT's tanh is not scale-invariant "
+                              "and alpha*x would saturate it: use --norm layernorm or rmsnorm")
         if getattr(args, "no_cross_attention", False):
             raise OptionError("deepnorm: its constants are the encoder-decoder ones (Wang et al. 2022, Fig. 2); "
                              "--no-cross-attention is not supported")

@@ -1,0 +1,151 @@
+"""fairseq-hydra-train (issue 31): every scheme trains from a shipped config, a recipe row's config is the same
+training configuration as its ``train.sh --dry-run`` command, a hydra-written checkpoint translates, and a misspelt
+key is refused in one line.
+
+Before fairseq_admin/models/hydra_config.py, a plugin option in a hydra ``model`` section was dropped by fairseq's
+``TransformerConfig.from_namespace`` and every run failed with ``AttributeError: invalid argument residual_scheme``.
+"""
+import argparse
+import math
+import os
+
+import pytest
+
+from fairseq_admin import recipe_configs, recipes
+from fairseq_admin.schemes import SCHEMES
+from helpers import USER_DIR, assert_one_error_line, run_cli
+
+BASE_CONFIG = "en-de_postln_6-6_liu2020"  # a row with no scheme-specific option: every scheme can take its place
+TINY = ["++" + o for o in (  # ++: set whether or not the config has the key
+    "model.encoder_layers=2", "model.decoder_layers=2", "model.encoder_embed_dim=32", "model.decoder_embed_dim=32",
+    "model.encoder_ffn_embed_dim=64", "model.decoder_ffn_embed_dim=64", "model.encoder_attention_heads=2",
+    "model.decoder_attention_heads=2", "common.fp16=false", "common.cpu=true", "optimization.max_update=2",
+    "optimization.update_freq=[1]", "dataset.max_tokens=600", "dataset.num_workers=0", "task.source_lang=src",
+    "task.target_lang=tgt", f"common.user_dir={USER_DIR}", "checkpoint.no_epoch_checkpoints=true")]
+
+
+def hydra_train(config_name, *overrides, cwd):
+    return run_cli("fairseq-hydra-train", "--config-dir", recipe_configs.CONFIG_DIR, "--config-name", config_name,
+                   *overrides, f"hydra.run.dir={cwd}/hydra", f"hydra.sweep.dir={cwd}/multirun", check=False,
+                   cwd=cwd)
+
+
+def test_every_scheme_trains_from_a_shipped_config(synthetic_data, tmp_path):
+    """One multirun job per registered scheme: the postln row's config with the scheme's architecture in its place,
+    tiny dimensions, 2 updates; each job saves a checkpoint whose configuration names its scheme."""
+    from fairseq_admin.checkpoint_safety import load_checkpoint
+
+    archs = ",".join(f"{name}_transformer_wmt_en_de" for name in SCHEMES)
+    proc = hydra_train(BASE_CONFIG, "--multirun", f"model._name={archs}", f"task.data={synthetic_data}",
+                       f"checkpoint.save_dir={tmp_path}/ckpt/${{model._name}}", *TINY, cwd=tmp_path)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    for name in SCHEMES:
+        state = load_checkpoint(tmp_path / "ckpt" / f"{name}_transformer_wmt_en_de" / "checkpoint_last.pt")
+        model = state["cfg"]["model"]
+        assert model["residual_scheme"] == name and model["encoder_layers"] == 2, (name, model)
+        assert state["optimizer_history"][-1]["num_updates"] == 2
+
+
+def test_hydra_checkpoint_translates_and_resumes(synthetic_data, tmp_path):
+    """Admin (a scheme with options, profiling and a resolved --layer-init) from its own row's config: trained,
+    resumed by a second run, then translated by fairseq-generate, which builds the model from the saved hydra
+    section; the section records the values the build resolved, as a command-line checkpoint does."""
+    from fairseq_admin.checkpoint_safety import load_checkpoint
+
+    common = [f"task.data={synthetic_data}", f"checkpoint.save_dir={tmp_path}/ckpt",
+              f"model.admin_profile_save={tmp_path}/ckpt/profile.ratio.init", *TINY]
+    first = hydra_train("en-de_admin_6-6_liu2020", *common, cwd=tmp_path)
+    assert first.returncode == 0, (first.stdout + first.stderr)[-5000:]
+    assert (tmp_path / "ckpt" / "profile.ratio.init").exists()
+    resumed = hydra_train("en-de_admin_6-6_liu2020", *[o.replace("max_update=2", "max_update=3") for o in common],
+                          cwd=tmp_path)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-5000:]
+    state = load_checkpoint(tmp_path / "ckpt" / "checkpoint_last.pt")
+    assert state["optimizer_history"][-1]["num_updates"] == 3
+    assert state["cfg"]["model"]["layer_init"] == "fairseq-0.9" and state["cfg"]["model"]["residual_scheme"] == "admin"
+    gen = run_cli("fairseq-generate", synthetic_data, "--user-dir", USER_DIR, "--path",
+                  tmp_path / "ckpt" / "checkpoint_last.pt", "--gen-subset", "valid", "--beam", "2", "--cpu",
+                  "--max-tokens", "2000", "--source-lang", "src", "--target-lang", "tgt")
+    assert gen.stdout.count("\nH-") + gen.stdout.startswith("H-") == 40, gen.stdout[-2000:]
+
+
+def test_a_misspelt_model_key_is_one_line(synthetic_data, tmp_path):
+    proc = hydra_train(BASE_CONFIG, f"task.data={synthetic_data}", f"checkpoint.save_dir={tmp_path}/ckpt",
+                       "++model.admin_omgea=2", *TINY, cwd=tmp_path)
+    assert_one_error_line(proc, "model.admin_omgea is not an option of postln_transformer_wmt_en_de")
+    assert not (tmp_path / "ckpt" / "checkpoint_last.pt").exists()
+
+
+def test_a_scheme_refusal_is_one_line_under_hydra(synthetic_data, tmp_path):
+    """The scheme's own start-up checks keep their one-line form inside a hydra job."""
+    proc = hydra_train("en-de_admin_6-6_liu2020", f"task.data={synthetic_data}", f"checkpoint.save_dir={tmp_path}/c",
+                       "++model.admin_omega=nonsense", *TINY, cwd=tmp_path)
+    assert_one_error_line(proc, "--admin-omega")
+
+
+# ---- one source of truth -------------------------------------------------------------------------------------------
+def test_check_names_a_stale_config(tmp_path, capsys, monkeypatch):
+    """``--check`` on a folder where one row's file was edited and one is missing names both and exits 1 (on a
+    three-row table: the shipped folder itself is compared file by file below)."""
+    monkeypatch.setattr(recipes, "SETTINGS", recipes.SETTINGS[:3])
+    first, second = recipes.SETTINGS[:2]
+    for setting in (first, second):
+        (tmp_path / (recipe_configs.config_name(setting) + ".yaml")).write_text(recipe_configs.render(setting))
+    (tmp_path / (recipe_configs.config_name(first) + ".yaml")).write_text("# edited\n")
+    assert recipe_configs.main(["--check", "--dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert recipe_configs.config_name(first) in err and recipe_configs.config_name(recipes.SETTINGS[2]) in err
+
+
+def _hydra_training_config(name, overrides):
+    """What fairseq-hydra-train hands to training for ``name`` (fairseq_cli/hydra_train.py: hydra_init, compose,
+    add_defaults, resolved)."""
+    from hydra import compose, initialize_config_dir
+    from fairseq.dataclass.initialize import add_defaults, hydra_init
+    from fairseq.dataclass.utils import omegaconf_no_object_check
+    from omegaconf import OmegaConf
+
+    hydra_init(name)
+    with initialize_config_dir(config_dir=recipe_configs.CONFIG_DIR, version_base="1.1"):  # as fairseq-hydra-train
+        cfg = compose(config_name=name, overrides=overrides)
+    add_defaults(cfg)
+    with omegaconf_no_object_check():
+        return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+
+
+def _same(a, b):
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    return a == b
+
+
+@pytest.mark.parametrize("setting", recipes.SETTINGS, ids=recipe_configs.config_name)
+def test_recipe_config_is_the_train_sh_configuration(setting):
+    """The shipped file is what the table generates, and every group of its composed hydra config equals the command
+    line's (fairseq's converter of train.sh's argv, one GPU), key by key; the model's options equal after the
+    architecture function, as fairseq applies it. (Data and save folders: the same placeholders on both sides.)"""
+    from fairseq.models import ARCH_CONFIG_REGISTRY
+    from omegaconf import OmegaConf
+
+    name = recipe_configs.config_name(setting)
+    shipped = os.path.join(recipe_configs.CONFIG_DIR, name + ".yaml")
+    assert open(shipped, encoding="utf-8").read() == recipe_configs.render(setting), \
+        f"{shipped} is not what the recipe table generates: python -m fairseq_admin.recipe_configs --write"
+    args, cli = recipe_configs.training_config(recipe_configs.recipe_argv(setting))  # the render's: cached
+    save = recipe_configs.SAVE
+    overrides = [f"task.data={recipe_configs.DATA}", f"common.user_dir={args.user_dir}", f"checkpoint.save_dir={save}"]
+    if getattr(args, "admin_profile_save", None):
+        overrides.append(f"model.admin_profile_save={args.admin_profile_save}")
+    hydra = _hydra_training_config(name, overrides)
+    for group in cli:
+        if group == "model" or cli[group] is None:
+            continue
+        ours, theirs = OmegaConf.to_container(hydra[group]), OmegaConf.to_container(cli[group])
+        differ = {k: (ours.get(k), v) for k, v in theirs.items() if not _same(ours.get(k), v)}
+        assert not differ, (group, differ)
+    model = argparse.Namespace(**OmegaConf.to_container(hydra.model))
+    ARCH_CONFIG_REGISTRY[model._name](model)
+    options = recipe_configs._model_options(args.arch)
+    differ = {k: (getattr(model, k, None), getattr(args, k, None)) for k in options
+              if not _same(getattr(model, k, None), getattr(args, k, None))}
+    assert not differ, differ
