@@ -123,9 +123,14 @@ def render(setting) -> str:
     for group in config.values():  # Admin's profile path follows the save dir, as in train.sh
         for key, value in list(group.items()):
             if isinstance(value, str) and SAVE in value:
-                group[key] = value.replace(SAVE, save_dir)
+                group[key] = value.replace(SAVE, "${checkpoint.save_dir}")
+    # always written: fairseq's default is the machine's GPU count (dataclass/configs.py), not train.sh's one GPU
+    config["distributed_training"] = {**config.get("distributed_training", {}), "distributed_world_size": 1}
+    # relative paths (data, save dir) from where the command runs, and a second run resumes: hydra 1.3 would
+    # otherwise run the job in a new outputs/<date>/<time>/ (fairseq's own config.yaml sets the same)
+    config["hydra"] = {"run": {"dir": "."}, "job": {"chdir": False}}
     order = ["common", "task", "model", "criterion", "optimizer", "lr_scheduler", "optimization", "dataset",
-             "distributed_training", "checkpoint"]
+             "distributed_training", "checkpoint", "hydra"]
     ordered = {g: config[g] for g in order if g in config}
     ordered.update({g: v for g, v in config.items() if g not in ordered})
     title = f"# {setting.pair} {setting.scheme} {setting.layers}, {setting.source}: scripts/train.sh --pair " \

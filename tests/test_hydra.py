@@ -53,7 +53,7 @@ def test_hydra_checkpoint_translates_and_resumes(synthetic_data, tmp_path):
     from fairseq_admin.checkpoint_safety import load_checkpoint
 
     common = [f"task.data={synthetic_data}", f"checkpoint.save_dir={tmp_path}/ckpt",
-              f"model.admin_profile_save={tmp_path}/ckpt/profile.ratio.init", *TINY]
+              *TINY]  # the profile goes to ${checkpoint.save_dir}/profile.ratio.init, as with train.sh
     first = hydra_train("en-de_admin_6-6_liu2020", *common, cwd=tmp_path)
     assert first.returncode == 0, (first.stdout + first.stderr)[-5000:]
     assert (tmp_path / "ckpt" / "profile.ratio.init").exists()
@@ -62,11 +62,28 @@ def test_hydra_checkpoint_translates_and_resumes(synthetic_data, tmp_path):
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-5000:]
     state = load_checkpoint(tmp_path / "ckpt" / "checkpoint_last.pt")
     assert state["optimizer_history"][-1]["num_updates"] == 3
+    assert state["cfg"]["model"]["arch"] == "admin_transformer_wmt_en_de"  # export/average/resume checks read it
     assert state["cfg"]["model"]["layer_init"] == "fairseq-0.9" and state["cfg"]["model"]["residual_scheme"] == "admin"
+    exported = run_cli("fairseq-admin-export", "--checkpoint", tmp_path / "ckpt" / "checkpoint_last.pt", "--out",
+                       tmp_path / "stock.pt", check=False)  # reads the saved arch, as for a command-line checkpoint
+    assert exported.returncode == 0 and (tmp_path / "stock.pt").exists(), exported.stderr[-2000:]
     gen = run_cli("fairseq-generate", synthetic_data, "--user-dir", USER_DIR, "--path",
                   tmp_path / "ckpt" / "checkpoint_last.pt", "--gen-subset", "valid", "--beam", "2", "--cpu",
                   "--max-tokens", "2000", "--source-lang", "src", "--target-lang", "tgt")
     assert gen.stdout.count("\nH-") + gen.stdout.startswith("H-") == 40, gen.stdout[-2000:]
+
+
+def test_relative_paths_resolve_from_where_the_command_runs(synthetic_data, tmp_path):
+    """A shipped config run as the docs show it (no hydra.run.dir): the relative data path is found and the
+    checkpoints land in ./checkpoints/<row>/ of the working folder, so a second run resumes (hydra 1.3 would run the
+    job in a new outputs/<date>/<time>/ without the configs' own hydra.run.dir)."""
+    (tmp_path / "data-bin").symlink_to(synthetic_data)
+    tiny = [o.replace("max_update=2", "max_update=1") for o in TINY]
+    proc = run_cli("fairseq-hydra-train", "--config-dir", recipe_configs.CONFIG_DIR, "--config-name", BASE_CONFIG,
+                   "task.data=data-bin", *tiny, check=False, cwd=tmp_path)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert (tmp_path / "checkpoints" / BASE_CONFIG / "checkpoint_last.pt").exists()
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_a_misspelt_model_key_is_one_line(synthetic_data, tmp_path):
@@ -134,8 +151,6 @@ def test_recipe_config_is_the_train_sh_configuration(setting):
     args, cli = recipe_configs.training_config(recipe_configs.recipe_argv(setting))  # the render's: cached
     save = recipe_configs.SAVE
     overrides = [f"task.data={recipe_configs.DATA}", f"common.user_dir={args.user_dir}", f"checkpoint.save_dir={save}"]
-    if getattr(args, "admin_profile_save", None):
-        overrides.append(f"model.admin_profile_save={args.admin_profile_save}")
     hydra = _hydra_training_config(name, overrides)
     for group in cli:
         if group == "model" or cli[group] is None:

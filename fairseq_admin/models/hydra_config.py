@@ -61,7 +61,7 @@ def namespace_from_config(config, model_cls) -> argparse.Namespace:
     from omegaconf import OmegaConf
 
     given = OmegaConf.to_container(config, resolve=True)
-    options = set(model_options(model_cls)) | architecture_keys(given.get("_name") or "")
+    options = set(model_options(model_cls)) | architecture_keys(given.get("_name") or "") | {"arch"}
     unknown = sorted(key for key in given if key not in options and not key.startswith("_"))
     if unknown:
         name = given.get("_name") or "residual_transformer"
@@ -105,3 +105,5 @@ def write_back(config, args: argparse.Namespace, model_cls) -> None:
         for key, value in vars(args).items():
             if key in options and (key not in config or config[key] != value):
                 config[key] = value
+        if config.get("arch") is None and config.get("_name"):  # what export, average and resume checks read
+            config["arch"] = config["_name"]
