@@ -147,22 +147,29 @@ def _train_in_process(argv, monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("scheme", SCHEMES)
-def test_bf16_training_stays_finite(scheme, synthetic_data, tmp_path, monkeypatch, caplog):
-    # bf16 kernels are slow on this CPU (about 1 s per update of this tiny model): 3 updates, small batches
-    argv = train_args(synthetic_data, tmp_path, f"{scheme}_transformer", "--bf16", "--log-format", "json",
-                      "--max-tokens", "500", "--disable-validation", max_update=3)
+def train_bf16_three_updates(argv, tmp_path, monkeypatch, caplog):
+    """``argv`` (train_args(..., max_update=3) with --bf16 --log-format json) trained in process: bf16 weights, finite
+    losses, 3 updates saved with finite values. Returns (what the training step saw, the checkpoint)."""
     with caplog.at_level(logging.INFO):
         seen = _train_in_process(argv, monkeypatch)
     assert seen["weight"] == torch.bfloat16
-    if scheme == "admin":
-        assert seen["omega"] == {torch.float32}
-        assert "admin: profiled ω on the first batch" in caplog.text
     losses = [float(v) for v in re.findall(r'"train_loss": "([^"]+)"', caplog.text)]
     assert losses and all(math.isfinite(v) for v in losses)
     state = load_checkpoint(tmp_path / "checkpoint_last.pt")
     assert state["optimizer_history"][-1]["num_updates"] == 3
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    return seen, state
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_bf16_training_stays_finite(scheme, synthetic_data, tmp_path, monkeypatch, caplog):
+    # bf16 kernels are slow on this CPU (about 1 s per update of this tiny model): 3 updates, small batches
+    argv = train_args(synthetic_data, tmp_path, f"{scheme}_transformer", "--bf16", "--log-format", "json",
+                      "--max-tokens", "500", "--disable-validation", max_update=3)
+    seen, _state = train_bf16_three_updates(argv, tmp_path, monkeypatch, caplog)
+    if scheme == "admin":
+        assert seen["omega"] == {torch.float32}
+        assert "admin: profiled ω on the first batch" in caplog.text
 
 
 @pytest.mark.parametrize("scheme, flags", [

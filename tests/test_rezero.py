@@ -391,22 +391,15 @@ def test_low_precision_forward_backward_on_cpu(dtype):
 
 def test_bf16_trainer_stays_finite(synthetic_data, tmp_path, monkeypatch, caplog):
     """fairseq's bf16 trainer (tests/test_mixed_precision.py says how it runs on a CPU), 3 updates."""
-    import logging
 
-    from test_cli_end_to_end import load_checkpoint, train_args
-    from test_mixed_precision import _train_in_process
+    from test_cli_end_to_end import train_args
+    from test_mixed_precision import train_bf16_three_updates
 
     argv = train_args(synthetic_data, tmp_path, ARCH, "--bf16", "--log-format", "json", "--max-tokens", "500",
                       "--disable-validation", max_update=3)
-    with caplog.at_level(logging.INFO):
-        seen = _train_in_process(argv, monkeypatch)
-    assert seen["weight"] == torch.bfloat16
-    losses = [float(v) for v in re.findall(r'"train_loss": "([^"]+)"', caplog.text)]
-    assert losses and all(math.isfinite(v) for v in losses)
-    state = load_checkpoint(tmp_path / "checkpoint_last.pt")
+    _seen, state = train_bf16_three_updates(argv, tmp_path, monkeypatch, caplog)
     alphas = [v for k, v in state["model"].items() if k.endswith("residual.alpha")]
     assert alphas and all(v.dtype == torch.float32 and v.item() != 0.0 for v in alphas)
-    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
 def test_memory_efficient_fp16_cli_trains_on_cpu(synthetic_data, tmp_path):

@@ -472,22 +472,12 @@ def test_low_precision_forward_backward_is_finite(dtype):
 
 
 def test_bf16_training_stays_finite(synthetic_data, tmp_path, monkeypatch, caplog):
-    import logging
-    import re
 
-    from test_cli_end_to_end import load_checkpoint
-    from test_mixed_precision import _train_in_process
+    from test_mixed_precision import train_bf16_three_updates
 
     argv = t_fixup_train_args(synthetic_data, tmp_path, "--bf16", "--log-format", "json", "--max-tokens", "500",
                               "--disable-validation", max_update=3)
-    with caplog.at_level(logging.INFO):
-        seen = _train_in_process(argv, monkeypatch)
-    assert seen["weight"] == torch.bfloat16
-    losses = [float(v) for v in re.findall(r'"train_loss": "([^"]+)"', caplog.text)]
-    assert losses and all(math.isfinite(v) for v in losses)
-    state = load_checkpoint(tmp_path / "checkpoint_last.pt")
-    assert state["optimizer_history"][-1]["num_updates"] == 3
-    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    train_bf16_three_updates(argv, tmp_path, monkeypatch, caplog)
 
 
 def test_fp16_cli_trains_on_cpu(synthetic_data, tmp_path):
