@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from fairseq_admin import config_validation
+from fairseq_admin.errors import CheckpointError  # defined there: commands catch it before importing torch
 
 __all__ = [
     "CheckpointError",
@@ -115,15 +116,6 @@ def _name_of(entry: Any) -> str:
 def allowed_global_names() -> List[str]:
     """The fully qualified names that :func:`install` allow-lists, e.g. ``argparse.Namespace``."""
     return [_name_of(e) for e in safe_globals()]
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used, said in one line that names the file and what is wrong with it.
-
-    After :func:`install`, an uncaught one ends a fairseq tool with ``<tool>: error: <message>`` (exit status 1)
-    instead of a traceback; so does any exception whose class sets ``one_line = True``."""
-
-    one_line = True
 
 
 class UnsafeCheckpointError(CheckpointError):

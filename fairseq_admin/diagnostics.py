@@ -8,11 +8,13 @@ Three measurements, each one small function:
 * :func:`output_change` — Liu et al. 2020 (§4, "amplification effect"): |F(x; W) − F(x; W + δ)| for a small random
   parameter perturbation δ, which grows like O(N) with depth for Post-LN and O(log N) for Admin.
 * :func:`residual_dependency` — Liu et al. 2020 (§4.1, "dependency on the residual branch"): per sublayer,
-  β_i = Var(f_i) / (Var(s_i) + Var(f_i)), s_i the shortcut term of the sum (x_i·ω_i for Admin). Post-LN depends
+  β_i = Var(f_i) / (Var(s_i) + Var(f_i)), f_i the branch as the sum holds it (``ResidualScheme.branch_term``), s_i
+  the shortcut term of the sum (x_i·ω_i for Admin). Post-LN depends
   on its branch in every layer; Admin's ω make the share fall like 1/i, as in Pre-LN.
 
 The residual sums are observed by wrapping each layer's ``ResidualScheme.combine`` (:func:`record_residuals`), so
-the diagnostics work with every scheme in ``fairseq_admin.schemes.SCHEMES`` without changing any of them.
+the diagnostics work with every scheme in ``fairseq_admin.schemes.SCHEMES``; a scheme whose join scales or normalizes
+the branch says so through its ``branch_term`` (ReZero, Peri-LN).
 """
 import contextlib
 import math
@@ -169,7 +171,8 @@ def output_change(model, sample, relative_scale: float = 0.01, draws: int = 3, s
 
 # ---- (c) residual dependency β and ω ----------------------------------------------------------------------------------
 class ResidualRecord:
-    """Per (stack, layer, sublayer): Var(f_i) and Var(s_i) of the residual sums seen while recording; and the
+    """Per (stack, layer, sublayer): Var(f_i) and Var(s_i) of the residual sums seen while recording (f_i the scheme's
+    ``branch_term``, s_i the rest of the sum); and the
     largest |value| of any residual sum on real tokens (``max_abs``: what overflows first in fp16, max 65504)."""
 
     def __init__(self):
@@ -179,10 +182,11 @@ class ResidualRecord:
 
     def observe(self, stack: str, layer: int, scheme, sublayer: int, branch: Tensor, combined: Tensor) -> None:
         mask = scheme.token_mask(branch)
-        shortcut = combined.detach() - branch.detach()  # s_i: everything of the sum that is not the branch
+        term = scheme.branch_term(sublayer, branch.detach())  # f_i as the sum holds it (ReZero: α·f)
+        shortcut = combined.detach() - term  # s_i: everything of the sum that is not the branch
         self.sublayers[stack] = scheme.sublayers
         self.variances.setdefault((stack, layer, sublayer), []).append(
-            (_variance(branch, mask), _variance(shortcut, mask)))
+            (_variance(term, mask), _variance(shortcut, mask)))
         values = combined.detach() if mask is None else combined.detach()[mask]
         if values.numel():
             largest = values.abs().max().item()
@@ -242,9 +246,10 @@ def residual_dependency(model, sample) -> Dict[str, List[List[Optional[float]]]]
 
         β_i = Var(f_i) / (Var(s_i) + Var(f_i))
 
-    f_i the branch (sublayer output, after dropout when in train mode) and s_i = combine(f_i, x_i) − f_i the shortcut
-    term of the same sum: x_i·ω_i for Admin, x_i for Post-LN and Pre-LN (whose sum is the residual stream), x_i plus
-    the layer input at B2T's FFN sum, α·x_i for DeepNorm. Each Var is one scalar over the real tokens of the batch.
+    f_i the branch as the join adds it (the scheme's ``branch_term``: the sublayer output, after dropout when in train
+    mode; α·f for ReZero, LN_out(f) for Peri-LN) and s_i = combine(f, x_i) − f_i the shortcut term of the same sum:
+    x_i·ω_i for Admin, x_i for Post-LN and Pre-LN (whose sum is the residual stream), x_i plus the layer input at
+    B2T's FFN sum, α·x_i for DeepNorm. Each Var is one scalar over the real tokens of the batch.
     One forward pass in the model's current mode, no gradients. β near 1: the sum (and the LN after it) is dominated
     by the branch; small β: by the shortcut."""
     with torch.no_grad(), record_residuals(model) as record:

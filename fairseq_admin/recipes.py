@@ -36,7 +36,7 @@ import sys
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-SCHEMES = ("postln", "preln", "admin", "b2t", "t_fixup")
+SCHEMES = ("postln", "preln", "admin", "b2t", "deepnorm", "t_fixup")
 LAUNCHERS = ("fairseq", "torchrun", "slurm")
 TOLERANCE = 0.03  # |tokens per update - paper's| / paper's, at most
 MIN_SENSIBLE_MAX_TOKENS = 1024  # below this, long sentences no longer fit in one batch: warn
@@ -57,7 +57,7 @@ class Setting:
 
     # --- what it is
     pair: str                    # "en-de": source-target
-    scheme: str                  # postln | preln | admin | b2t | t_fixup
+    scheme: str                  # postln | preln | admin | b2t | deepnorm | t_fixup
     encoder_layers: int
     decoder_layers: int
     source: str                  # key of the paper whose recipe this is: liu2020 | liu2020b | takase2023 | huang2020
@@ -233,6 +233,15 @@ HUANG2020_IWSLT = dict(
 # with warm-up (8000 / 4000 updates). To try Xiong's no-warm-up setting on top of a row, pass e.g.
 #   -- --warmup-updates 1 --lr 7e-4       (the inverse-sqrt decay then starts at once; our choice, not the paper's)
 
+# DS_INIT_NOTE. DS-Init (Zhang, Titov & Sennrich 2019) is not a row: its README's training command
+# (bzhangGo/zero docs/depth_scale_init_and_merged_attention/README.md, "Model Training") gives the dimensions, the
+# initializer and 12 layers and sends "other details" to docs/usage/README.md, whose command trains an RNN; the
+# toolkit's defaults for what both leave out (run.py:49-190: lrate 1e-5 with the gnmt+ strategy, warm-up 400,
+# max_training_steps 1000, 3000 tokens per batch) are not the paper's Transformer recipe, and the paper's text is
+# not in any code we could read. Its published BLEU are of DS-Init with merged attention (MAtt), which we do not
+# implement. To train DS-Init on a row's recipe: print the row with --dry-run and change its --arch to
+# ds_init_<base arch> (train.sh refuses --arch after `--`: the row chooses it).
+
 SETTINGS: list[Setting] = [
     # ---- Admin paper, WMT14 En-De, 6L / 12L / 18L, Post-LN vs Pre-LN vs Admin (same recipe for all three) ----
     Setting(**LIU2020_EN_DE, scheme="postln", encoder_layers=6, decoder_layers=6, bleu=None),
@@ -266,6 +275,16 @@ SETTINGS: list[Setting] = [
             bleu=27.36,
             notes="B2T paper's Pre-LN baseline, on the B2T row's recipe (word dropout included); 26.57 averaged "
                   "over newstest2010-2016"),
+    # DEEPNORM_NOTE. DeepNet (Wang et al. 2022) reports WMT-17 En-De, but no code we could read carries its MT
+    # hyperparameters: torchscale's examples/fairseq/README.md:293-310 trains a generic mt_base without --deepnorm, and
+    # Transformer-Clinic's --init-type deepnet has no command in nmt-experiments/. So DeepNorm trains on the recipe of
+    # the deep rows it is most often compared with, the B2T 18L row's (our choice, not DeepNet's), with no BLEU target.
+    Setting(**{**TAKASE2023_EN_DE, "paper": "our choice for DeepNorm (Wang et al. 2022): the recipe of the B2T paper's "
+                                            "18L row (Takase et al. 2023, ACL Findings)"},
+            scheme="deepnorm", encoder_layers=18, decoder_layers=18, dropout=0.5,
+            word_dropout=0.1, bleu=None,
+            notes="our choice: the B2T 18L row's recipe (DeepNet's own MT hyperparameters are in no code we could "
+                  "read); compare with the b2t and preln 18-18 rows"),
     # ---- T-Fixup, IWSLT14 De-En, 6L, no warm-up, no LayerNorm ----
     Setting(**HUANG2020_IWSLT, scheme="t_fixup", encoder_layers=6, decoder_layers=6, bleu=35.73,
             notes="official README: epochs 278-287, the best window on the test set; no warm-up (decay period "

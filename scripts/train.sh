@@ -15,7 +15,7 @@ Builds the fairseq-train command of one published setting (table: bash scripts/t
 stdout, then runs it (--dry-run: print only, exit 0).
 
   --pair PAIR          en-de (WMT14), en-fr (WMT14), de-en (IWSLT14)
-  --scheme SCHEME      postln | preln | admin | b2t   (sets --arch SCHEME_transformer_wmt_en_de etc.)
+  --scheme SCHEME      postln | preln | admin | b2t | deepnorm | t_fixup   (sets --arch SCHEME_transformer_wmt_en_de etc.)
   --layers ENC-DEC     e.g. 6-6, 12-12, 18-18, 60-12 (one number: ENC = DEC)
   --source PAPER       liu2020 | liu2020b | takase2023, only when two papers published the same setting
                        (en-de preln 18-18: liu2020 = Admin paper's recipe, takase2023 = B2T paper's recipe)

@@ -174,6 +174,58 @@ def test_admin_beta_equals_reference_from_the_profiling_walk():
     assert dec_beta == pytest.approx(expected_dec, rel=1e-5)  # fairseq's attention softmax runs in float32
 
 
+def _rezero_term(scheme, index, branch):
+    return scheme.alpha.detach() * branch
+
+
+def _peri_ln_term(scheme, index, branch):  # LN_out(f) from the formula: (f − mean) / sqrt(var + eps) · γ + β
+    norm = scheme.output_norms[index]
+    mean = branch.mean(-1, keepdim=True)
+    var = ((branch - mean) ** 2).mean(-1, keepdim=True)
+    return (branch - mean) / torch.sqrt(var + norm.eps) * norm.weight.detach() + norm.bias.detach()
+
+
+@pytest.mark.parametrize("scheme_name, term", [("rezero", _rezero_term), ("peri_ln", _peri_ln_term)])
+def test_beta_is_of_the_branch_as_the_join_adds_it(scheme_name, term):
+    """A join that scales (ReZero: α·f) or normalizes (Peri-LN: LN_out(f)) the branch: β_i = Var(t_i) / (Var(x_i) +
+    Var(t_i)) with t_i what the sum holds, against a float64 reference from each sublayer's branch and shortcut as the
+    layer hands them to the join (a path of its own). ReZero: 0 at init, every layer the identity. (Both read as
+    Var(f) / (Var(f) + Var(x + t − f)) before ``branch_term``.)"""
+    torch.manual_seed(1)
+    model = ResidualTransformerModel.build_model(parse_args(f"{scheme_name}_transformer", *DIMS, "--dropout", "0",
+                                                            layers=(2, 2)), TASK).double().eval()
+    if scheme_name == "rezero":
+        with torch.no_grad():
+            assert all(b == 0 for st in D.residual_dependency(model, SAMPLE).values() for r in st for b in r)
+    values = iter((0.5, -2.0, 1.5, 0.25))
+    expected = {"encoder": [], "decoder": []}
+    for stack in expected:
+        for scheme in model.scheme_layers(stack):
+            with torch.no_grad():
+                if scheme_name == "rezero":
+                    scheme.alpha.fill_(next(values))
+                else:  # γ, β away from their init, so that LN_out(f) is neither f's scale nor centred
+                    for norm in scheme.output_norms:
+                        norm.weight.uniform_(0.5, 2.0), norm.bias.uniform_(-1.0, 1.0)
+            row = []
+            expected[stack].append(row)
+
+            def connect(branch, shortcut, scheme=scheme, row=row, inner=scheme.connect):
+                state = scheme._forward
+                index = state.active[state.next]
+                mask = scheme.token_mask(branch)
+                t, x = term(scheme, index, branch.detach())[mask], shortcut.detach()[mask]
+                row.append(float(t.var(unbiased=False) / (x.var(unbiased=False) + t.var(unbiased=False))))
+                return inner(branch, shortcut)
+            scheme.connect = connect
+    with torch.no_grad():
+        beta = D.residual_dependency(model, SAMPLE)
+    for stack in expected:
+        assert [len(r) for r in expected[stack]] == [len(r) for r in beta[stack]]
+        assert [b for r in beta[stack] for b in r] == pytest.approx([b for r in expected[stack] for b in r],
+                                                                    rel=1e-9), stack
+
+
 def test_output_change_restores_weights_and_is_deterministic():
     torch.manual_seed(0)
     model = ResidualTransformerModel.build_model(parse_args("preln_transformer", *DIMS, layers=(2, 2)), TASK)

@@ -42,7 +42,8 @@ for _scheme in ("postln", "preln", "admin"):
         lr=7e-4, warmup=8000, dropout=0.1, clip=0.0, tokens=16 * 5000 * 16, beam=5, lenpen=0.8)
     PAPER[("de-en", _scheme, "6-6", "liu2020")] = dict(
         lr=7e-4, warmup=6000, dropout=0.3, clip=0.0, tokens=4096, beam=5, lenpen=1.0)
-for _scheme, _l, _drop in (("b2t", 6, 0.3), ("b2t", 18, 0.5), ("preln", 18, 0.5)):
+# DeepNorm has no published MT recipe in code (recipes.py DEEPNORM_NOTE): it takes the B2T 18L row's, no BLEU
+for _scheme, _l, _drop in (("b2t", 6, 0.3), ("b2t", 18, 0.5), ("preln", 18, 0.5), ("deepnorm", 18, 0.5)):
     PAPER[("en-de", _scheme, f"{_l}-{_l}", "takase2023")] = dict(
         lr=1e-3, warmup=4000, dropout=_drop, clip=0.1, tokens=8 * 3584 * 16, beam=4, lenpen=0.6, max_update=50000)
 # T-Fixup, layer6ai-labs/T-Fixup Train_IWSLT_TFixup_example.sh:13-37: no warm-up (inverse_sqrt_nowarmup, decay period

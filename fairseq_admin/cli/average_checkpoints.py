@@ -27,9 +27,11 @@ import re
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import torch
+from fairseq_admin import config_validation, dictionary_checksum, output_safety
+from fairseq_admin._lazy import LazyModule
 
-from fairseq_admin import checkpoint_safety, config_validation, dictionary_checksum, output_safety
+torch = LazyModule("torch")  # imported on first use: --help and argument errors come at once
+checkpoint_safety = LazyModule("fairseq_admin.checkpoint_safety")  # imports torch
 
 EPOCH_RE = re.compile(r"^checkpoint(\d+)\.pt$")
 UPDATE_RE = re.compile(r"^checkpoint_\d+_(\d+)\.pt$")
@@ -344,12 +346,12 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> str:
     args = get_parser().parse_args(argv)
-    import fairseq_admin
-
-    fairseq_admin.register()  # the plugin's architectures, to check checkpoints' configs (not at import: __init__.py)
     paths = resolve_inputs(args.inputs, args.num_epoch_checkpoints, args.num_update_checkpoints,
                            args.checkpoint_upper_bound)
     output_safety.check_output(args.output, paths, "--output")  # an input, a name fairseq-train resumes from, ...
+    import fairseq_admin
+
+    fairseq_admin.register()  # the plugin's architectures, to check checkpoints' configs (not at import: __init__.py)
     print(f"[average] averaging {len(paths)} checkpoint(s):", flush=True)
     for path in paths:
         print(f"[average]   {path}", flush=True)

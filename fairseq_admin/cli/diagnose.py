@@ -20,9 +20,10 @@ import sys
 import textwrap
 import time
 
-import torch
-
 from fairseq_admin import output_safety
+from fairseq_admin._lazy import LazyModule
+
+torch = LazyModule("torch")  # imported on first use: --help comes at once
 
 USAGE_EXAMPLE = __doc__.split("\n\n")[1]
 
@@ -32,15 +33,14 @@ class DiagnoseError(ValueError):
 
 
 def build_parser():
-    from fairseq_admin.schemes import SCHEMES
-
     p = argparse.ArgumentParser(
         prog="fairseq-admin-diagnose", description=__doc__.split("\n\n")[0],
         epilog="Unrecognized arguments go to fairseq's parser (model options). Example:\n" + USAGE_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="transformer_wmt_en_de",
                    help="fairseq base architecture; the model is <scheme>_<arch> (default transformer_wmt_en_de)")
-    p.add_argument("--schemes", default=",".join(SCHEMES), help=f"comma list of {', '.join(SCHEMES)}")
+    p.add_argument("--schemes", help="comma list of registered schemes (default: all of them; "
+                                     "fairseq-admin-options lists them)")
     p.add_argument("--layers", default="6,12,18", help="comma list of depths (encoder = decoder layers)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--data", help="fairseq data-bin directory: take the batch from its --split")
@@ -77,7 +77,7 @@ def check_args(args):
     from fairseq_admin.models.residual_transformer import FAIRSEQ_ARCHS
     from fairseq_admin.schemes import SCHEMES
 
-    args.scheme_list = parse_list(args.schemes, "schemes")
+    args.scheme_list = parse_list(args.schemes, "schemes") if args.schemes is not None else list(SCHEMES)
     unknown = [s for s in args.scheme_list if s not in SCHEMES]
     if unknown:
         raise DiagnoseError(f"unknown scheme(s) {', '.join(unknown)}; choose from {', '.join(SCHEMES)}")
@@ -213,8 +213,9 @@ DEFINITIONS = {
     "output_change": "mean over real target tokens and dims of (F(x;W+delta)-F(x;W))^2, F the decoder's last hidden "
                      "states, delta = perturbation*rms(W)*N(0,1) on every layer weight matrix, eval mode; mean/std "
                      "over draws (Liu et al. 2020, amplification effect)",
-    "beta": "beta_i = Var(f_i)/(Var(s_i)+Var(f_i)), f_i the sublayer branch, s_i = combine(f_i,x_i)-f_i the shortcut "
-            "term (x_i*omega_i for Admin), scalar variances over real tokens (Liu et al. 2020)",
+    "beta": "beta_i = Var(f_i)/(Var(s_i)+Var(f_i)), f_i the sublayer branch as the join adds it (alpha*f for ReZero, "
+            "LN_out(f) for Peri-LN), s_i = combine(f,x_i)-f_i the shortcut term (x_i*omega_i for Admin), scalar "
+            "variances over real tokens (Liu et al. 2020)",
     "omega": "Admin's omega per sublayer (mean over dimensions), after profiling",
 }
 
@@ -337,11 +338,10 @@ def table(results):
 
 
 def main(argv=None):
+    args, rest = build_parser().parse_known_args(argv)  # --help: before torch and fairseq are imported
     import fairseq_admin
 
     fairseq_admin.register()  # the plugin's models and options (fairseq_admin/__init__.py: not at import)
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
     check_args(args)
     for scheme in args.scheme_list:  # fairseq's parser refuses a bad argument now, not after the first scheme's work
         fairseq_args(args, scheme, args.layer_list[0], rest)

@@ -78,10 +78,13 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import torch
+from fairseq_admin import config_validation, dictionary_checksum, output_safety
+from fairseq_admin._lazy import LazyModule
+from fairseq_admin.errors import CheckpointError
 
-from fairseq_admin import checkpoint_safety, config_validation, dictionary_checksum, output_safety
-from fairseq_admin.cli import export_field_schemes
+torch = LazyModule("torch")  # imported on first use: --help and argument errors come at once
+checkpoint_safety = LazyModule("fairseq_admin.checkpoint_safety")  # these two import torch
+export_field_schemes = LazyModule("fairseq_admin.cli.export_field_schemes")
 
 SUBLAYERS = {"encoder": ("self_attn", "ffn"), "decoder": ("self_attn", "cross_attn", "ffn")}
 #: the LayerNorm after each sublayer (Post-LN), whose output the next sublayer reads
@@ -570,7 +573,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
 def cli_main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         lines = main(argv)
-    except (ExportError, checkpoint_safety.CheckpointError, output_safety.OutputPathError, FileNotFoundError) as exc:
+    except (ExportError, CheckpointError, output_safety.OutputPathError, FileNotFoundError) as exc:
         print(f"fairseq-admin-export: error: {exc}", file=sys.stderr)
         return 2
     for line in lines:

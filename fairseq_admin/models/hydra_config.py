@@ -6,10 +6,12 @@ copies extra keys only from a Namespace (fairseq/models/transformer/transformer_
 reads ``vars(args)``, which for a DictConfig holds no option). A plugin option in a yaml (``residual_scheme: admin``)
 was therefore lost and the build failed with ``AttributeError: invalid argument residual_scheme``.
 
-Here a hydra ``model`` section becomes exactly the Namespace the command line gives: its keys are checked against the
-options the architecture's ``add_args`` defines (fairseq's transformer options and ours, the one definition that
-``fairseq-train --help`` and ``fairseq-admin-options`` also read), so a misspelt key is refused in one line instead of
-being ignored; after the build, the values the model resolved (``--layer-init``'s default, the scheme's
+Here a hydra ``model`` section becomes exactly the Namespace the command line gives: its keys and values are read
+through the options the architecture's ``add_args`` defines (fairseq's transformer options and ours, the one
+definition that ``fairseq-train --help`` and ``fairseq-admin-options`` also read), each value as argparse takes it
+from the command line; inside a ``fairseq-hydra-train`` job a misspelt key or a value its option refuses is refused
+in one line instead of being ignored (a checkpoint's section, read by fairseq-generate, is taken as saved). After
+the build, the values the model resolved (``--layer-init``'s default, the scheme's
 ``residual_scheme``) are written back into the section, so the checkpoint records them as a command-line run does.
 
 Why the model keeps fairseq's argparse route rather than ``register_model(..., dataclass=...)``: fairseq gives a
@@ -56,19 +58,77 @@ def architecture_keys(name: str):
 
 def namespace_from_config(config, model_cls) -> argparse.Namespace:
     """The Namespace the command line would give for a hydra ``model`` section (its architecture function already
-    applied by fairseq): every key must be an option of ``model_cls``, a key its architecture function sets, or one
-    of fairseq's private ``_name``-style keys; a key that is none of these is refused in one line, naming it."""
+    applied by fairseq).
+
+    Every value goes through its option's type and choices as argparse would take it from the command line (a quoted
+    ``'0.3'`` becomes 0.3, ``"false"`` for a switch is refused rather than counted true). Inside a hydra job a value
+    its option refuses, and a key that is no option of ``model_cls``, no key its architecture function sets and no
+    fairseq private ``_name``-style key, are refused in one line, naming the key. Outside one (fairseq-generate
+    loading a checkpoint that fairseq-hydra-train wrote) both are kept as saved, as a command-line checkpoint's
+    Namespace keeps an option or value a later version no longer defines."""
     from omegaconf import OmegaConf
 
     given = OmegaConf.to_container(config, resolve=True)
-    options = set(model_options(model_cls)) | architecture_keys(given.get("_name") or "") | {"arch"}
-    unknown = sorted(key for key in given if key not in options and not key.startswith("_"))
-    if unknown:
-        name = given.get("_name") or "residual_transformer"
-        raise OptionError(f"model.{unknown[0]} is not an option of {name} (its options: fairseq-admin-options, and "
-                          f"fairseq's transformer options)" + (f"; also unknown: {', '.join(unknown[1:])}"
-                                                               if len(unknown) > 1 else ""))
+    actions = model_options(model_cls)
+    strict = _inside_hydra_job()
+    if strict:
+        known = set(actions) | architecture_keys(given.get("_name") or "") | {"arch"}
+        unknown = sorted(key for key in given if key not in known and not key.startswith("_"))
+        if unknown:
+            name = given.get("_name") or "residual_transformer"
+            raise OptionError(f"model.{unknown[0]} is not an option of {name} (its options: fairseq-admin-options, "
+                              f"and fairseq's transformer options)" + (f"; also unknown: {', '.join(unknown[1:])}"
+                                                                       if len(unknown) > 1 else ""))
+    for key, value in given.items():
+        if key in actions:
+            try:
+                given[key] = command_line_value(key, value, actions[key])
+            except OptionError:
+                if strict:
+                    raise
     return argparse.Namespace(**given)
+
+
+# the option types converted here; fairseq's own list-valued types (``eval_str_list``) evaluate their text, so their
+# values are left to fairseq, which reads them as it reads its own yaml
+_PLAIN_TYPES = (int, float, str)
+
+
+def command_line_value(key: str, value, action: argparse.Action):
+    """``value`` of hydra key ``model.<key>`` as argparse would give it for ``action``: switches take a yaml
+    boolean, typed options a value their type accepts, options with choices one of them; otherwise OptionError."""
+    flag = action.option_strings[0] if action.option_strings else key
+    where = f"model.{key} ({flag})"
+    if value is None:
+        return None
+    if action.nargs == 0:  # store_true / store_false: a yaml boolean, not a string that only looks like one
+        if not isinstance(value, bool):
+            raise OptionError(f"{where} is a switch: give true or false (unquoted), not {value!r}")
+        return value
+    kind = action.type or str
+    if kind in _PLAIN_TYPES and action.nargs is None:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            if kind is not str or action.type is str:  # an untyped option keeps what fairseq's architecture set
+                raise OptionError(f"{where} expects {kind.__name__}, got {value!r}")
+        elif kind is str:
+            if action.type is str and not isinstance(value, str):
+                value = str(value)  # argparse's text: `admin_profile_save: 123` is the file "123"
+        else:
+            try:
+                value = kind(value if isinstance(value, str) or kind is float else _integral(value))
+            except (TypeError, ValueError):
+                raise OptionError(f"{where} expects {kind.__name__}, got {value!r}") from None
+    if action.choices is not None and value not in action.choices:
+        raise OptionError(f"{where}: invalid choice {value!r} (choose from "
+                          f"{', '.join(repr(choice) for choice in action.choices)})")
+    return value
+
+
+def _integral(number):
+    """An int-typed option given a yaml number: 3 and 3.0 are 3; 2.5 is refused (argparse's int('2.5') fails)."""
+    if isinstance(number, float) and not number.is_integer():
+        raise ValueError(number)
+    return int(number)
 
 
 @contextlib.contextmanager
@@ -88,6 +148,11 @@ def one_line_errors_under_hydra():
 
 
 def _inside_hydra_job() -> bool:
+    """True in a ``fairseq-hydra-train`` run: hydra's job config is set, or (the workers fairseq spawns for several
+    GPUs, which multiprocessing starts with the parent's ``sys.argv`` but without hydra's state) the command is it."""
+    command = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if command in ("fairseq-hydra-train", "hydra_train.py"):
+        return True
     try:
         from hydra.core.hydra_config import HydraConfig
     except ImportError:

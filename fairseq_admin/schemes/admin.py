@@ -74,9 +74,9 @@ class Admin(ResidualScheme):
         parser.add_argument("--admin-omega", choices=("vector", "scalar"),
                             help="admin: ω as a learnable per-dimension vector (default, the paper's) or a fixed "
                                  "scalar buffer per sublayer")
-        parser.add_argument("--admin-profile-save", metavar="PATH",
+        parser.add_argument("--admin-profile-save", type=str, metavar="PATH",
                             help="admin: write the profiled ω in Transformer-Clinic's profile.ratio.init format")
-        parser.add_argument("--admin-profile-load", metavar="PATH",
+        parser.add_argument("--admin-profile-load", type=str, metavar="PATH",
                             help="admin: initialize ω from a profile.ratio.init file (ours or Transformer-Clinic's) "
                                  "instead of profiling; only read when a run starts from scratch")
         parser.add_argument("--admin-profile-tokens", choices=PROFILE_TOKENS,

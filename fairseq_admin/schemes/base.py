@@ -173,6 +173,12 @@ class ResidualScheme(nn.Module):
         """Return what the sublayer's LayerNorm receives (Post-LN) or the sublayer's output (Pre-LN)."""
         return shortcut + branch
 
+    def branch_term(self, sublayer: int, branch: Tensor) -> Tensor:
+        """f_i as :meth:`combine` adds it to the sum, read by the diagnostics' β = Var(f_i) / (Var(s_i) + Var(f_i))
+        (fairseq_admin/diagnostics.py). Default: the branch itself; a scheme whose join scales the branch (ReZero's
+        α·f) returns the scaled one."""
+        return branch
+
     def init_layer(self, layer: nn.Module) -> None:
         """Change the freshly built layer's initialization, after ``--layer-init`` (default: nothing more)."""
 

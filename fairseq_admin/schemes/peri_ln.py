@@ -52,3 +52,6 @@ class PeriLN(ResidualScheme):
 
     def combine(self, sublayer: int, branch: Tensor, shortcut: Tensor) -> Tensor:
         return shortcut + self.output_norms[sublayer](branch)
+
+    def branch_term(self, sublayer: int, branch: Tensor) -> Tensor:
+        return self.output_norms[sublayer](branch)  # what the join adds: LN_out(f)

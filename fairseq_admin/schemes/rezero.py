@@ -74,6 +74,9 @@ class ReZero(ResidualScheme):
     def combine(self, sublayer: int, branch: Tensor, shortcut: Tensor) -> Tensor:
         return torch.addcmul(shortcut, branch, self.alpha)  # x + α·f, in the activations' dtype
 
+    def branch_term(self, sublayer: int, branch: Tensor) -> Tensor:
+        return branch * self.alpha.detach()  # what the join adds: β is of α·f (0 at init: each layer starts as the identity)
+
     def _apply(self, fn, *args, **kwargs):
         """``model.half()`` / ``.bfloat16()`` / ``.to(dtype)`` leave α in float32: with ``--memory-efficient-*``
         (no float32 master copy) a 16-bit α would lose every update smaller than its rounding step (2^-8 of α in
