@@ -7,7 +7,7 @@ usage() {
 usage: bash scripts/quickstart.sh [--raw-dir DIR | --data DIR] [--out DIR] [--layers N-M] [--scheme S]
                                   [--max-update N] [--stop-minutes M] [--lr LR] [--warmup N] [--max-tokens N]
                                   [--threads N] [--compare-postln] [--no-eval] [--generate-args 'ARGS']
-                                  [-- FAIRSEQ_TRAIN_ARGS...]
+                                  [--print-train-command] [-- FAIRSEQ_TRAIN_ARGS...]
 
 Runs the whole pipeline on Multi30k En-De (29k training pairs), on the CPU: 30 minutes of training, plus a few
 minutes of set-up, data preparation and evaluation:
@@ -47,6 +47,12 @@ a finished one (checkpoint_last.pt at --max-update updates, or past --stop-minut
   --no-eval          stop after training (benchmarks/quickstart_search.py: the search never reads the test set)
   --generate-args A  more fairseq-generate options for the evaluation, e.g. '--max-len-b 20' (scripts/evaluate.sh;
                      not --beam, --lenpen or --nbest: the validation set chooses the length penalty)
+  --print-train-command
+                     print the main run's training command (OMP_NUM_THREADS=N fairseq-train ...: the options above
+                     and -- ARGS applied, data OUT/data/data-bin or --data's, checkpoints in
+                     OUT/checkpoints/<scheme>_<layers>) and exit: nothing is set up, prepared, created or trained.
+                     fairseq_admin/configs/quickstart_admin_18-3.yaml is this command with the defaults, for
+                     fairseq-hydra-train (python -m fairseq_admin.recipe_configs)
   -- ARGS            passed to fairseq-train as they are, e.g. -- --admin-init 'O(logn)'
 USAGE
 }
@@ -70,6 +76,7 @@ threads=$(nproc 2>/dev/null || echo 2)
 compare=0
 evaluate=1
 generate_args=
+print_command=0
 extra=()
 need() { if [ $# -lt 2 ] || [ -z "$2" ]; then echo "quickstart.sh: $1 needs a value" >&2; exit 2; fi; }
 while [ $# -gt 0 ]; do
@@ -88,6 +95,7 @@ while [ $# -gt 0 ]; do
     --compare-postln) compare=1; shift ;;
     --no-eval) evaluate=0; shift ;;
     --generate-args) need "$@"; generate_args=$2; shift 2 ;;
+    --print-train-command) print_command=1; shift ;;
     --) shift; extra=("$@"); break ;;
     -h|--help) usage; exit 0 ;;
     *) echo "quickstart.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
@@ -116,7 +124,7 @@ if [[ " $generate_args" =~ [[:space:]]($grid_conflicts)([[:space:]=]|$) ]]; then
 fi
 if [ -n "$data" ] && [ ${#raw_args[@]} -gt 0 ]; then bad "--data and --raw-dir exclude each other"; fi
 if [ -n "$data" ] && [ ! -f "$data/data-bin/dict.en.txt" ]; then bad "$data has no data-bin/dict.en.txt (prepare it with data-prep/prepare-multi30k.sh)"; fi
-if [ -n "$data" ] && [ "$evaluate" = 1 ]; then
+if [ -n "$data" ] && [ "$evaluate" = 1 ] && [ "$print_command" = 0 ]; then
   for f in spm.model valid.raw.de test.raw.de; do
     [ -f "$data/$f" ] || bad "$data has no $f, which the evaluation reads (prepare it with data-prep/prepare-multi30k.sh, or --no-eval)"
   done
@@ -124,6 +132,35 @@ fi
 if [ "$compare" = 1 ] && [ "$scheme" = postln ]; then bad "--compare-postln compares another scheme with Post-LN; --scheme is postln"; fi
 enc_layers=${layers%-*}
 dec_layers=${layers#*-}
+# --stop-minutes may be fractional (checked above): seconds for the "already finished" check, hours for fairseq
+# (the shortest of 15-17 digits that gives the same number back, as Python's repr)
+read -r stop_seconds stop_hours < <(awk -v m="$stop_minutes" 'BEGIN { h = m / 60
+  for (p = 15; p <= 17; p++) { s = sprintf("%." p "g", h); if (s + 0 == h) break }; print int(m * 60), s }')
+
+# train_command SCHEME: the fairseq-train command of SCHEME_LAYERS into the array cmd, its checkpoints in save
+train_command() {
+  save=$out/checkpoints/$1_$layers
+  cmd=(fairseq-train "$data/data-bin" --user-dir "$user_dir" --task translation
+    --arch "$1_transformer" --encoder-layers "$enc_layers" --decoder-layers "$dec_layers"
+    --encoder-embed-dim 128 --decoder-embed-dim 128 --encoder-ffn-embed-dim 512 --decoder-ffn-embed-dim 512
+    --encoder-attention-heads 4 --decoder-attention-heads 4 --share-all-embeddings
+    --optimizer adam --adam-betas "(0.9, 0.98)" --lr "$lr" --lr-scheduler inverse_sqrt --warmup-updates "$warmup"
+    --warmup-init-lr 1e-7 --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --dropout 0.1
+    --max-tokens "$max_tokens" --max-update "$max_update" --seed 1 --cpu --num-workers 0
+    --save-dir "$save" --save-interval-updates 100 --keep-interval-updates 3 --no-epoch-checkpoints
+    --log-format simple --log-interval 25)
+  if [ "$stop_seconds" -gt 0 ]; then cmd+=(--stop-time-hours "$stop_hours"); fi
+  if [ "$1" = admin ]; then cmd+=(--admin-profile-save "$save/profile.ratio.init"); fi
+  if [ "$1" = "$scheme" ]; then cmd+=("${extra[@]}"); fi  # -- ARGS belong to the main run (a scheme's own options)
+}
+
+if [ "$print_command" = 1 ]; then  # OUT as given, made absolute without creating it; the data where step 2 puts it
+  case $out in /*) ;; *) out=$PWD/$out ;; esac
+  data=${data:-$out/data}
+  train_command "$scheme"
+  printf 'OMP_NUM_THREADS=%q' "$threads"; printf ' %q' "${cmd[@]}"; echo
+  exit 0
+fi
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 start=$(date +%s)
@@ -148,25 +185,11 @@ if [ -z "$data" ]; then
   bash "$root/data-prep/prepare-multi30k.sh" --out "$data" "${raw_args[@]}" --vocab-size 8000
 fi
 
-# --stop-minutes may be fractional (checked above): seconds for the "already finished" check, hours for fairseq
-read -r stop_seconds stop_hours < <("$py" -c "import sys; m = float(sys.argv[1]); print(int(m * 60), repr(m / 60))" \
-  "$stop_minutes")
-# train SCHEME: fairseq-train into OUT/checkpoints/SCHEME_LAYERS, its log in OUT/train-SCHEME_LAYERS.log
+# train SCHEME: fairseq-train (train_command) into OUT/checkpoints/SCHEME_LAYERS, its log in OUT/train-SCHEME_LAYERS.log
 train() {
-  local run=$1_$layers save=$out/checkpoints/$1_$layers log=$out/train-$1_$layers.log
+  local save cmd log=$out/train-$1_$layers.log
+  train_command "$1"
   step "training a $layers layer $1 Transformer on the CPU ($threads threads) -> $save"
-  local cmd=(fairseq-train "$data/data-bin" --user-dir "$user_dir" --task translation
-    --arch "$1_transformer" --encoder-layers "$enc_layers" --decoder-layers "$dec_layers"
-    --encoder-embed-dim 128 --decoder-embed-dim 128 --encoder-ffn-embed-dim 512 --decoder-ffn-embed-dim 512
-    --encoder-attention-heads 4 --decoder-attention-heads 4 --share-all-embeddings
-    --optimizer adam --adam-betas "(0.9, 0.98)" --lr "$lr" --lr-scheduler inverse_sqrt --warmup-updates "$warmup"
-    --warmup-init-lr 1e-7 --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --dropout 0.1
-    --max-tokens "$max_tokens" --max-update "$max_update" --seed 1 --cpu --num-workers 0
-    --save-dir "$save" --save-interval-updates 100 --keep-interval-updates 3 --no-epoch-checkpoints
-    --log-format simple --log-interval 25)
-  if [ "$stop_seconds" -gt 0 ]; then cmd+=(--stop-time-hours "$stop_hours"); fi
-  if [ "$1" = admin ]; then cmd+=(--admin-profile-save "$save/profile.ratio.init"); fi
-  if [ "$1" = "$scheme" ]; then cmd+=("${extra[@]}"); fi  # -- ARGS belong to the main run (a scheme's own options)
   # fairseq-train, re-run on a finished save dir, trains one more update and overwrites checkpoint_best/last: look first
   local done_updates=0 done_seconds=0
   if [ -f "$save/checkpoint_last.pt" ]; then

@@ -1,6 +1,7 @@
 """fairseq-hydra-train (issue 31): every scheme trains from a shipped config, a recipe row's config is the same
-training configuration as its ``train.sh --dry-run`` command, a hydra-written checkpoint translates, and a misspelt
-key is refused in one line.
+training configuration as its ``train.sh --dry-run`` command (the quick start's config as the command
+``quickstart.sh --print-train-command`` prints), a hydra-written checkpoint translates, and a misspelt key is refused
+in one line.
 
 Before fairseq_admin/models/hydra_config.py, a plugin option in a hydra ``model`` section was dropped by fairseq's
 ``TransformerConfig.from_namespace`` and every run failed with ``AttributeError: invalid argument residual_scheme``.
@@ -210,14 +211,21 @@ def test_recipe_config_is_the_train_sh_configuration(setting):
     """The shipped file is what the table generates, and every group of its composed hydra config equals the command
     line's (fairseq's converter of train.sh's argv, one GPU), key by key; the model's options equal after the
     architecture function, as fairseq applies it. (Data and save folders: the same placeholders on both sides.)"""
-    from fairseq.models import ARCH_CONFIG_REGISTRY
-    from omegaconf import OmegaConf
-
     name = recipe_configs.config_name(setting)
     shipped = os.path.join(recipe_configs.CONFIG_DIR, name + ".yaml")
     assert open(shipped, encoding="utf-8").read() == recipe_configs.render(setting), \
         f"{shipped} is not what the recipe table generates: python -m fairseq_admin.recipe_configs --write"
-    args, cli = recipe_configs.training_config(recipe_configs.recipe_argv(setting))  # the render's: cached
+    assert_same_training_configuration(name, recipe_configs.recipe_argv(setting))
+
+
+def assert_same_training_configuration(name, argv):
+    """Every group of the shipped config ``name``, composed as fairseq-hydra-train composes it, equals the group
+    fairseq's converter makes of the command line ``argv`` (data and save dir as the placeholders), key by key; the
+    model's options equal after the architecture function, as fairseq applies it."""
+    from fairseq.models import ARCH_CONFIG_REGISTRY
+    from omegaconf import OmegaConf
+
+    args, cli = recipe_configs.training_config(argv)  # the render's: cached
     save = recipe_configs.SAVE
     overrides = [f"task.data={recipe_configs.DATA}", f"common.user_dir={args.user_dir}", f"checkpoint.save_dir={save}"]
     hydra = _hydra_training_config(name, overrides)
@@ -233,3 +241,53 @@ def test_recipe_config_is_the_train_sh_configuration(setting):
     differ = {k: (getattr(model, k, None), getattr(args, k, None)) for k in options
               if not _same(getattr(model, k, None), getattr(args, k, None))}
     assert not differ, differ
+
+
+# ---- the quick start's config --------------------------------------------------------------------------------------
+QUICKSTART = "quickstart_admin_18-3"  # the name says which defaults it holds: renamed with them (the test below)
+
+
+def test_quickstart_config_is_what_the_script_generates():
+    """The shipped file is the quick start's own training command (scripts/quickstart.sh --print-train-command, its
+    defaults) as the generator renders it; an edited file, or a script whose defaults moved on, fails here."""
+    assert recipe_configs.quickstart_config_name() == QUICKSTART
+    shipped = os.path.join(recipe_configs.CONFIG_DIR, QUICKSTART + ".yaml")
+    assert open(shipped, encoding="utf-8").read() == recipe_configs.render_quickstart(), \
+        f"{shipped} is not what scripts/quickstart.sh generates: python -m fairseq_admin.recipe_configs --write"
+
+
+def test_check_names_a_stale_quickstart_config(tmp_path, capsys, monkeypatch):
+    """``--check`` covers the quick start's file too (on an empty recipe table: the quick start's file alone)."""
+    monkeypatch.setattr(recipes, "SETTINGS", ())
+    path = tmp_path / (QUICKSTART + ".yaml")
+    path.write_text(recipe_configs.render_quickstart())
+    assert recipe_configs.main(["--check", "--dir", str(tmp_path)]) == 0
+    path.write_text(recipe_configs.render_quickstart().replace("warmup_updates: 200", "warmup_updates: 400"))
+    assert recipe_configs.main(["--check", "--dir", str(tmp_path)]) == 1
+    assert QUICKSTART in capsys.readouterr().err
+
+
+def test_quickstart_config_is_the_quickstart_configuration():
+    """The composed hydra config of the shipped file equals, group by group, the fairseq configuration of the command
+    that scripts/quickstart.sh runs (--print-train-command); what the yaml leaves out is the environment (threads)."""
+    environment, argv = recipe_configs.quickstart_command()
+    assert set(environment) == {"OMP_NUM_THREADS"} and "--stop-time-hours" in argv and "--cpu" in argv
+    assert_same_training_configuration(QUICKSTART, argv)
+    text = open(os.path.join(recipe_configs.CONFIG_DIR, QUICKSTART + ".yaml"), encoding="utf-8").read()
+    assert "stop_time_hours: 0.5" in text and "cpu: true" in text and "OMP_NUM_THREADS" in text
+
+
+def test_quickstart_config_trains_a_tiny_override(synthetic_data, tmp_path):
+    """fairseq-hydra-train on the quick start's config as the docs show it (relative data path, no hydra.run.dir),
+    tiny dimensions, 2 updates: Admin's profile and the checkpoints land in ./checkpoints/quickstart_admin_18-3/."""
+    from fairseq_admin.checkpoint_safety import load_checkpoint
+
+    (tmp_path / "data-bin").symlink_to(synthetic_data)
+    proc = run_cli("fairseq-hydra-train", "--config-dir", recipe_configs.CONFIG_DIR, "--config-name", QUICKSTART,
+                   "task.data=data-bin", *TINY, check=False, cwd=tmp_path)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    save = tmp_path / "checkpoints" / QUICKSTART
+    assert (save / "profile.ratio.init").exists()
+    state = load_checkpoint(save / "checkpoint_last.pt")
+    assert state["optimizer_history"][-1]["num_updates"] == 2
+    assert state["cfg"]["model"]["arch"] == "admin_transformer" and state["cfg"]["model"]["encoder_layers"] == 2

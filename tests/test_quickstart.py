@@ -142,6 +142,30 @@ def test_quickstart_refuses_data_without_what_the_evaluation_reads(tmp_path):
     assert not (tmp_path / "qs").exists() or not any((tmp_path / "qs").iterdir())
 
 
+def test_print_train_command_prints_the_run_and_does_nothing_else(tmp_path):
+    """--print-train-command: the main run's command with the options and -- ARGS applied (the quick start's hydra
+    config is generated from it: tests/test_hydra.py), and nothing set up or created; bad options still refused."""
+    import shlex
+
+    proc = subprocess.run(["bash", ROOT / "scripts" / "quickstart.sh", "--print-train-command", "--out", tmp_path / "qs",
+                           "--scheme", "b2t", "--layers", "6-2", "--lr", "2e-3", "--warmup", "10", "--max-tokens", "99",
+                           "--max-update", "7", "--stop-minutes", "6", "--threads", "3", "--compare-postln",
+                           "--", "--admin-init", "O(logn)"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    words = shlex.split(proc.stdout)
+    assert words[:3] == ["OMP_NUM_THREADS=3", "fairseq-train", f"{tmp_path}/qs/data/data-bin"]
+    value = {w: words[i + 1] for i, w in enumerate(words[:-1]) if w.startswith("--")}
+    assert (value["--arch"], value["--encoder-layers"], value["--decoder-layers"]) == ("b2t_transformer", "6", "2")
+    assert (value["--lr"], value["--warmup-updates"], value["--max-tokens"], value["--max-update"]) == \
+        ("2e-3", "10", "99", "7")
+    assert value["--stop-time-hours"] == "0.1" and value["--save-dir"] == f"{tmp_path}/qs/checkpoints/b2t_6-2"
+    assert words[-2:] == ["--admin-init", "O(logn)"] and "--admin-profile-save" not in words
+    assert proc.stdout.count("fairseq-train") == 1 and not (tmp_path / "qs").exists()
+    refused = subprocess.run(["bash", ROOT / "scripts" / "quickstart.sh", "--print-train-command", "--lr", "0"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "--lr must be a positive number" in refused.stderr and not refused.stdout
+
+
 def test_search_trials_are_the_quickstart_with_a_time_budget():
     cmd = quickstart_search.trial_command("admin-logn-18-6-lr2e-3", "D", "O", threads=1)
     assert cmd[:2] == ["bash", str(ROOT / "scripts" / "quickstart.sh")]

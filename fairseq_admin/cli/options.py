@@ -135,7 +135,8 @@ def user_dir() -> str:
 
 
 def config_dir() -> str:
-    """The shipped ``fairseq-hydra-train`` configs' folder, one yaml per recipe row (fairseq_admin/recipe_configs.py)."""
+    """The shipped ``fairseq-hydra-train`` configs' folder: one yaml per recipe row and one for the quick start
+    (fairseq_admin/recipe_configs.py)."""
     return os.path.join(user_dir(), "configs")
 
 
