@@ -121,11 +121,11 @@ def _without_derived(arch: str, model: dict, given: set) -> dict:
 def _given_options(arch: str, argv: Sequence[str]) -> set:
     """The destinations of the architecture's options that ``argv`` names (``--flag`` or ``--flag=value``)."""
     from fairseq.models import ARCH_MODEL_REGISTRY
+    from fairseq_admin.models.hydra_config import model_options
 
-    parser = argparse.ArgumentParser(add_help=False)
-    ARCH_MODEL_REGISTRY[arch].add_args(parser)
     flags = {word.split("=", 1)[0] for word in argv if word.startswith("--")}
-    return {action.dest for action in parser._actions if flags & set(action.option_strings)}
+    return {dest for dest, action in model_options(ARCH_MODEL_REGISTRY[arch]).items()
+            if flags & set(action.option_strings)}
 
 
 def _model_options(arch: str) -> set:
@@ -167,9 +167,11 @@ def quickstart_command(*options: str) -> Tuple[Dict[str, str], List[str]]:
                          for word in argv]
 
 
-def quickstart_config_name() -> str:
-    """quickstart_SCHEME_LAYERS of the script's defaults, read from its command (e.g. quickstart_admin_18-3)."""
-    _environment, argv = quickstart_command()
+def quickstart_config_name(argv: Optional[Sequence[str]] = None) -> str:
+    """quickstart_SCHEME_LAYERS of the script's defaults, read from its command ``argv`` (default: the script's
+    printed one), e.g. quickstart_admin_18-3."""
+    if argv is None:
+        _environment, argv = quickstart_command()
     value = {flag: argv[argv.index(flag) + 1] for flag in ("--arch", "--encoder-layers", "--decoder-layers")}
     scheme = value["--arch"][:-len("_transformer")] if value["--arch"].endswith("_transformer") else value["--arch"]
     return f"quickstart_{scheme}_{value['--encoder-layers']}-{value['--decoder-layers']}"
@@ -191,7 +193,7 @@ def render_quickstart() -> str:
         "# torch's CPU threads, its --threads; set it yourself), the data preparation (fairseq-admin-data-prep\n"
         "# multi30k), the check that skips a finished run (fairseq-train trains one more update on one) and the\n"
         "# evaluation (scripts/evaluate.sh --choose-on-valid).\n")
-    return _render(argv, quickstart_config_name(), header)
+    return _render(argv, quickstart_config_name(argv), header)
 
 
 def _render(argv: Sequence[str], name: str, header: str) -> str:
